@@ -124,8 +124,7 @@ def main() -> None:
     model = build_model(cfg, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     if opts.compile:
-        for block in model.blocks:
-            block.compile(dynamic=False)
+        model.compile_blocks()
     print(f"model: {params / 1e9:.2f} B params, built in {time.perf_counter() - t0:.1f} s", flush=True)
 
     rows = []

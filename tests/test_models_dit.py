@@ -194,3 +194,22 @@ def test_with_an_odd_head_count_the_last_head_does_not_route():
     base = reference_attention_map(q, k, masks)
     assert torch.equal(base, reference_attention_map(changed_q, changed_k, masks))
     assert torch.equal(base[:, 2], torch.zeros(1, 12))   # an empty class gives zeros, not NaN
+
+
+@pytest.mark.slow   # inductor compiles C++ on the CPU: ~1 min on 2 cores
+def test_compiled_blocks_compute_the_same_forward_as_eager():
+    """compile_blocks (on by default on GPUs) only fuses; the tiny fixture forward is unchanged."""
+    import torch
+    from daemon.models.dit import DiTConfig, MultiTalkDiT
+
+    torch.manual_seed(0)
+    cfg = DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, text_len=8)
+    model = MultiTalkDiT(cfg).eval()
+    args = dict(x=torch.randn(1, 16, 2, 4, 4), t=torch.tensor([500.0]),
+                context=torch.randn(1, 5, 4096), clip_fea=torch.randn(1, 257, 1280),
+                y=torch.randn(1, 20, 2, 4, 4), audio=torch.randn(1, 1, 5, 5, 12, 768))
+    with torch.no_grad():
+        eager = model(**args)
+        model.compile_blocks()
+        compiled = model(**args)
+    assert (compiled - eager).abs().max().item() < 1e-5
