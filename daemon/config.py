@@ -1,0 +1,215 @@
+"""The daemon's command-line flags, parsed and checked once into one frozen `Settings`.
+
+Flag names of the official MultiTalk scripts are kept (`--ulysses_size`, `--t5_fsdp`,
+`--offload_model True`, …) so their users feel at home; ours use dashes. This is also the one
+place that reads the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from shared.protocol import DEFAULT_PORT, MAX_FRAME_BYTES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_VERSION = "0.1.0"
+BACKEND_CHOICES = ("auto", "draft", "multitalk")
+SERVER_SECRET_KEY = "server.key_secret"      # zmq.auth certificate layout inside --curve-dir
+AUTHORIZED_CLIENTS = "authorized_clients"
+
+
+class ConfigError(ValueError):
+    """A flag value or combination the daemon cannot run with; the message says the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Parallelism and model options (official names).
+    ulysses_size: int = 1
+    ring_size: int = 1
+    t5_fsdp: bool = False
+    dit_fsdp: bool = False
+    frame_num: int = 81
+    sample_shift: float | None = None
+    offload_model: bool = True
+    num_persistent_param_in_dit: int | None = None
+    # Service.
+    server_port: int = DEFAULT_PORT
+    bind: str = "127.0.0.1"
+    insecure: bool = False
+    require_curve: bool = False
+    curve_dir: Path | None = None
+    weights: Path = REPO_ROOT / "weights"
+    state: Path = REPO_ROOT / "state"
+    backend: str = "auto"
+    max_request_bytes: int = MAX_FRAME_BYTES
+    max_queued: int = 100
+    log_level: str = "INFO"
+    # From torchrun.
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"tcp://{host}:{self.server_port}"
+
+    @property
+    def curve(self) -> bool:
+        """Clients must present an authorized CURVE key (and traffic is encrypted)."""
+        return self.require_curve or (not self.insecure and not is_loopback(self.bind))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False    # "*", "0.0.0.0"-like names and interface names reach other machines
+
+
+def _str2bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "y"):
+        return True
+    if value in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use True or False)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m daemon",
+        description="Duet Studio inference daemon: serves the msgpack/ZeroMQ protocol "
+                    "(docs/protocol.md). Start it with ./run_daemon.sh, which runs one rank per "
+                    "visible GPU under torchrun.")
+    g = p.add_argument_group("model and parallelism (names as in the official MultiTalk scripts)")
+    g.add_argument("--ulysses_size", type=int, default=1,
+                   help="Ulysses sequence-parallel degree; ulysses_size × ring_size = number of ranks")
+    g.add_argument("--ring_size", type=int, default=1, help="ring-attention sequence-parallel degree")
+    g.add_argument("--t5_fsdp", action="store_true", help="shard the T5 encoder over the ranks")
+    g.add_argument("--dit_fsdp", action="store_true", help="shard the DiT over the ranks")
+    g.add_argument("--frame_num", type=int, default=81,
+                   help="frames per clip for full renders, 4n+1 (default 81)")
+    g.add_argument("--sample_shift", type=float, default=None,
+                   help="flow shift for full renders (default: 7 at 480p, 11 at 720p)")
+    g.add_argument("--offload_model", type=_str2bool, default=None, metavar="True|False",
+                   help="move models to the CPU between phases (default: True on one rank, "
+                        "False on several)")
+    g.add_argument("--num_persistent_param_in_dit", type=int, default=None,
+                   help="DiT parameters kept on the GPU when offloading (low-VRAM mode)")
+    s = p.add_argument_group("service")
+    s.add_argument("--server_port", type=int, default=DEFAULT_PORT,
+                   help=f"ZeroMQ port (default {DEFAULT_PORT}; the studio's web page is on 8419)")
+    s.add_argument("--bind", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1); any other address requires "
+                        "CURVE keys (--curve-dir) unless --insecure")
+    s.add_argument("--curve-dir", type=Path, default=None,
+                   help=f"folder with {SERVER_SECRET_KEY} and {AUTHORIZED_CLIENTS}/*.key "
+                        "(create one with --make-curve-keys DIR)")
+    s.add_argument("--require-curve", action="store_true",
+                   help="require CURVE keys even on a loopback address")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback bind WITHOUT authentication or encryption")
+    s.add_argument("--weights", type=Path, default=REPO_ROOT / "weights",
+                   help="model weights folder (default: the repo's weights/)")
+    s.add_argument("--state", type=Path, default=REPO_ROOT / "state",
+                   help="job store, results and caches (default: the repo's state/)")
+    s.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="auto: multitalk when its weights are present (full renders), draft "
+                        "always; draft: never load the big model")
+    s.add_argument("--max-request-mb", type=float, default=None,
+                   help=f"refuse requests larger than this (default and maximum "
+                        f"{MAX_FRAME_BYTES / 2**20:.0f} MB, the protocol limit)")
+    s.add_argument("--max-queued", type=int, default=100,
+                   help="queued jobs accepted before submit answers busy (default 100)")
+    s.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    s.add_argument("--make-curve-keys", type=Path, default=None, metavar="DIR",
+                   help="write a server key pair and one authorized client key pair to DIR, "
+                        "then exit")
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None = None,
+                   env: Mapping[str, str] | None = None) -> Settings:
+    """Flags + torchrun's environment → checked Settings. Raises ConfigError."""
+    return settings_from_args(build_parser().parse_args(argv), env)
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    rank, local_rank, world_size = (_env_int(env, "RANK", 0), _env_int(env, "LOCAL_RANK", 0),
+                                    _env_int(env, "WORLD_SIZE", 1))
+    offload = args.offload_model if args.offload_model is not None else world_size == 1
+    max_request = MAX_FRAME_BYTES if args.max_request_mb is None else int(args.max_request_mb * 2**20)
+    settings = Settings(
+        ulysses_size=args.ulysses_size, ring_size=args.ring_size, t5_fsdp=args.t5_fsdp,
+        dit_fsdp=args.dit_fsdp, frame_num=args.frame_num, sample_shift=args.sample_shift,
+        offload_model=offload, num_persistent_param_in_dit=args.num_persistent_param_in_dit,
+        server_port=args.server_port, bind=args.bind, insecure=args.insecure,
+        require_curve=args.require_curve, curve_dir=args.curve_dir,
+        weights=args.weights.resolve(), state=args.state.resolve(), backend=args.backend,
+        max_request_bytes=max_request, max_queued=args.max_queued, log_level=args.log_level,
+        rank=rank, local_rank=local_rank, world_size=world_size)
+    check_settings(settings)
+    return settings
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer "
+                          "(it is set by torchrun)") from None
+
+
+def check_settings(s: Settings) -> None:
+    """Every rule a combination of flags must follow, each failure saying what to change."""
+    if s.world_size < 1 or not 0 <= s.rank < s.world_size:
+        raise ConfigError(f"RANK={s.rank} / WORLD_SIZE={s.world_size} are inconsistent")
+    if s.ulysses_size < 1 or s.ring_size < 1:
+        raise ConfigError("--ulysses_size and --ring_size must be at least 1")
+    if s.ulysses_size * s.ring_size != s.world_size:
+        raise ConfigError(
+            f"--ulysses_size {s.ulysses_size} × --ring_size {s.ring_size} = "
+            f"{s.ulysses_size * s.ring_size}, but the daemon runs {s.world_size} rank(s): they must "
+            f"be equal. Start {s.ulysses_size * s.ring_size} ranks (./run_daemon.sh --nproc "
+            f"{s.ulysses_size * s.ring_size}) or set --ulysses_size {s.world_size} --ring_size 1")
+    if (s.t5_fsdp or s.dit_fsdp) and s.world_size == 1:
+        raise ConfigError("--t5_fsdp/--dit_fsdp shard over several ranks; with one rank, drop them")
+    if s.frame_num < 5 or s.frame_num % 4 != 1:
+        raise ConfigError(f"--frame_num {s.frame_num} must be 4n+1 (e.g. 81): the video VAE "
+                          "packs 4 frames per latent after the first")
+    if s.sample_shift is not None and not s.sample_shift > 0:
+        raise ConfigError(f"--sample_shift {s.sample_shift} must be positive")
+    if s.num_persistent_param_in_dit is not None and s.num_persistent_param_in_dit < 0:
+        raise ConfigError("--num_persistent_param_in_dit must be 0 or more")
+    if not 1 <= s.server_port <= 65535:
+        raise ConfigError(f"--server_port {s.server_port} is not a TCP port (1–65535)")
+    if not 1024 <= s.max_request_bytes <= MAX_FRAME_BYTES:
+        raise ConfigError(f"--max-request-mb must be between 0.001 and {MAX_FRAME_BYTES / 2**20:.0f}")
+    if s.max_queued < 1:
+        raise ConfigError("--max-queued must be at least 1")
+    if s.insecure and s.require_curve:
+        raise ConfigError("--insecure and --require-curve contradict each other; pick one")
+    if s.curve:
+        if s.curve_dir is None:
+            raise ConfigError(
+                f"--bind {s.bind} lets other machines connect, so clients must authenticate: pass "
+                f"--curve-dir DIR (make one with `python -m daemon --make-curve-keys DIR`), or "
+                f"--insecure to serve without authentication, or --bind 127.0.0.1")
+        if not (s.curve_dir / SERVER_SECRET_KEY).is_file():
+            raise ConfigError(f"{s.curve_dir / SERVER_SECRET_KEY} is missing; create keys with "
+                              f"`python -m daemon --make-curve-keys {s.curve_dir}`")
+        if not (s.curve_dir / AUTHORIZED_CLIENTS).is_dir():
+            raise ConfigError(f"{s.curve_dir / AUTHORIZED_CLIENTS}/ is missing: put the public "
+                              "keys (*.key) of the clients you allow there")

@@ -1,0 +1,238 @@
+"""The job loop that runs on every rank.
+
+Rank 0 leads: it takes the next job from the store (sleeping on the JobBoard while there is
+none), tells the other ranks about it over the control channel, runs it, records the outcome and
+publishes state changes and progress. The other ranks follow: they block in the control
+broadcast until rank 0 sends a command, and during a job they meet rank 0 at every progress
+check (`reporter.check()`), where one tiny collective carries rank 0's decision — go on, or
+stop (cancel or shutdown) — so all ranks stop at the same step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from daemon.backends import Backend, Backends, BackendUnavailable, JobInputs, RenderOutputs
+from daemon.control import CONTINUE, END, KEEPALIVE_S, STOP, Command, Control
+from daemon.jobs import JobBoard, JobFiles, JobRecord, JobStore
+from daemon.pipeline.progress import Cancelled, Progress, Reporter
+from shared import protocol as p
+from shared.scene import load_project
+
+log = logging.getLogger(__name__)
+
+EVENT_INTERVAL_S = 0.1      # at most this often a progress event per job, besides phase changes
+PREVIEW_INTERVAL_S = 1.0    # previews are the big part of an event: at most one per second
+
+
+class ControlError(RuntimeError):
+    """A collective between ranks failed (a rank died): the daemon cannot go on."""
+
+
+@dataclass
+class _JobSync:
+    """Rank 0's side of the per-step agreement for one job."""
+    control: Control
+    released: bool = False      # the followers have left the job (STOP or END was sent)
+
+    def check(self, stop_here: bool) -> bool:
+        stop = self._signal(STOP if stop_here else CONTINUE) == STOP
+        self.released = self.released or stop
+        return stop
+
+    def end(self) -> None:
+        """Release followers of a rank-0-only job, exactly once: one signal too many would
+        meet them in the next command broadcast instead."""
+        if not self.released:
+            self._signal(END)
+            self.released = True
+
+    def _signal(self, value: int) -> int:
+        try:
+            return self.control.signal(value)
+        except RuntimeError as e:
+            raise ControlError(f"lost contact with the other ranks: {e}") from e
+
+
+class ProgressTracker:
+    """Pipeline Progress → protocol ProgressEvents with an ETA, kept on the board for status
+    replies and published to subscribers without flooding them."""
+
+    def __init__(self, job_id: str, board: JobBoard, publish: Callable[[Any], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.job_id = job_id
+        self.board = board
+        self.publish = publish
+        self.clock = clock
+        self.started = clock()
+        self._phase = None
+        self._phase_started = 0.0
+        self._last_event = float("-inf")
+        self._last_preview = float("-inf")
+
+    def __call__(self, progress: Progress) -> None:
+        now = self.clock()
+        new_phase = progress.phase != self._phase
+        if new_phase:
+            self._phase, self._phase_started = progress.phase, now
+        preview = progress.preview if progress.preview and len(progress.preview) <= p.MAX_PREVIEW_BYTES \
+            else None
+        event = p.ProgressEvent(
+            job_id=self.job_id, phase=progress.phase[:32], step=max(progress.step, 0),
+            total=max(progress.total, 0), clip=max(progress.clip, 0), clips=max(progress.clips, 0),
+            message=progress.message[:p.MAX_MESSAGE_CHARS], eta_s=self._eta(progress, now),
+            elapsed_s=now - self.started, preview=preview)
+        self.board.post_progress(event)
+        phase_done = progress.total > 0 and progress.step >= progress.total
+        if new_phase or phase_done or now - self._last_event >= EVENT_INTERVAL_S:
+            if preview is not None and now - self._last_preview >= PREVIEW_INTERVAL_S:
+                self._last_preview = now
+            elif preview is not None:
+                event = dataclasses.replace(event, preview=None)
+            self._last_event = now
+            self.publish(event)
+
+    def _eta(self, progress: Progress, now: float) -> float | None:
+        """Seconds left in the current phase at the rate it has run so far. For clip-based
+        phases the phase spans all clips, so this covers the whole sampling."""
+        if progress.total <= 0:
+            return None
+        if progress.clips > 0 and progress.clip > 0:
+            done = (progress.clip - 1) * progress.total + progress.step
+            whole = progress.clips * progress.total
+        else:
+            done, whole = progress.step, progress.total
+        elapsed = now - self._phase_started
+        if done <= 0 or elapsed <= 0:
+            return None
+        return max(whole - done, 0) * elapsed / done
+
+
+class Worker:
+    def __init__(self, control: Control, backends: Backends, files: JobFiles, *,
+                 store: JobStore | None = None, board: JobBoard | None = None,
+                 publish: Callable[[Any], None] | None = None,
+                 announce: Callable[[JobRecord], None] | None = None):
+        self.control = control
+        self.backends = backends
+        self.files = files          # every rank reads a job's input from the shared state folder
+        self.store = store          # rank 0 only, like the rest
+        self.board = board
+        self.publish = publish      # a ProgressEvent to subscribers
+        self.announce = announce    # a job's new state to subscribers
+
+    def run(self) -> None:
+        if self.control.rank == 0:
+            self._lead()
+        else:
+            self._follow()
+
+    # -- rank 0
+    def _lead(self) -> None:
+        while not self.board.stopping:
+            with self.board.event_order:
+                job = self.store.claim_next()
+                if job is not None:
+                    self.announce(job)
+            if job is None:
+                if not self.board.wait_for_work(KEEPALIVE_S):
+                    self._command(Command("idle"))   # keepalive: a dead peer shows up here
+                continue
+            self._run_job(job)
+        self._command(Command("shutdown"))
+
+    def _command(self, command: Command) -> None:
+        try:
+            self.control.send_command(command)
+        except RuntimeError as e:
+            raise ControlError(f"lost contact with the other ranks: {e}") from e
+
+    def _run_job(self, job: JobRecord) -> None:
+        try:
+            backend = self.backends.for_mode(job.mode)
+        except BackendUnavailable as e:     # queued by an earlier daemon that had the backend
+            self._finish(self.store.fail(job.id, str(e)))
+            return
+        log.info("job %s: running (%s, attempt %d)", job.id, backend.name, job.attempts)
+        self._command(Command("run", job_id=job.id, mode=job.mode))
+        sync = _JobSync(self.control)
+        tracker = ProgressTracker(job.id, self.board, self.publish)
+        reporter = Reporter(tracker, lambda: sync.check(self.board.should_stop(job.id)))
+        work = self.store.work_dir(job.id)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            outputs = self._render(backend, job.id, job.mode, work, reporter)
+            if not backend.distributed:
+                sync.end()
+            record = self.store.complete(job.id, outputs.files, outputs.warnings, outputs.duration)
+            log.info("job %s: done", job.id)
+        except Cancelled:
+            if not backend.distributed:
+                sync.end()
+            if self.board.stopping and not self.store.get(job.id).cancel_requested:
+                record = self.store.requeue(job.id)
+                log.info("job %s: interrupted by shutdown, queued again", job.id)
+            else:
+                record = self.store.mark_cancelled(job.id)
+                log.info("job %s: cancelled", job.id)
+        except ControlError:
+            raise
+        except Exception as e:
+            if not backend.distributed:
+                sync.end()
+            if self.board.stopping:
+                # A stop signal reaches the whole process group, so a child (ffmpeg) may die
+                # of it before our next check: not the job's fault.
+                record = self.store.requeue(job.id)
+                log.info("job %s: interrupted by shutdown (%s), queued again", job.id, e)
+            else:
+                log.exception("job %s failed", job.id)
+                record = self.store.fail(job.id, _failure_message(e))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self._finish(record)
+
+    def _render(self, backend: Backend, job_id: str, mode: str, work: Path | None,
+                reporter: Reporter) -> RenderOutputs:
+        path = self.files.project_path(job_id)
+        scene = load_project(path.read_bytes())
+        return backend.render(JobInputs(job_id, mode, scene, path), work, reporter)
+
+    def _finish(self, record: JobRecord) -> None:
+        self.announce(record)
+        self.board.forget(record.id)
+
+    # -- other ranks
+    def _follow(self) -> None:
+        while True:
+            command = self.control.receive_command()
+            if command.kind == "shutdown":
+                return
+            if command.kind != "run":
+                continue
+            backend = self.backends.for_mode(command.mode)
+            if not backend.distributed:
+                self.control.follow()
+                continue
+            # Only rank 0 writes files: the others get no work folder.
+            reporter = Reporter(None, lambda: self.control.signal() == STOP)
+            try:
+                self._render(backend, command.job_id, command.mode, None, reporter)
+            except Cancelled:
+                pass
+            except Exception:
+                log.exception("rank %d: job %s failed", self.control.rank, command.job_id)
+
+
+def _failure_message(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    # Domain errors carry the fix in their message; anything else is a bug worth naming.
+    if isinstance(error, (ValueError, RuntimeError, OSError)) and type(error).__module__ != "builtins":
+        return text
+    return f"{type(error).__name__}: {text}"
