@@ -53,7 +53,6 @@ def test_cancel_stops_every_rank_together_and_they_stay_in_step(two_ranks, proje
     assert "ERROR" not in two_ranks.log()
 
 
-@pytest.mark.slow
 def test_sigterm_stops_both_ranks_cleanly_and_requeues_the_running_job(daemon_factory, projects,
                                                                         watch_until):
     daemon = daemon_factory(nproc=2, script=True)
@@ -87,7 +86,6 @@ def rank_pids(launcher_pid: int) -> dict[int, int]:
     return ranks
 
 
-@pytest.mark.slow
 def test_a_rank_that_dies_mid_job_ends_the_daemon_with_a_dead_event_and_the_job_resumes(
         daemon_factory, projects, watch_until):
     daemon = daemon_factory(nproc=2, script=True)

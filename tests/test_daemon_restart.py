@@ -10,7 +10,6 @@ from shared import protocol as p
 from studio.client import DaemonDied
 
 
-@pytest.mark.slow
 def test_kill_9_mid_render_then_restart_loses_nothing(daemon_factory, projects, watch_until,
                                                       tmp_path):
     first = daemon_factory()
@@ -40,7 +39,6 @@ def test_kill_9_mid_render_then_restart_loses_nothing(daemon_factory, projects, 
     assert [j.state for j in client.jobs()] == ["done", "done", "done"]
 
 
-@pytest.mark.slow
 def test_a_clean_stop_requeues_the_running_job_and_announces_itself(daemon_factory, projects,
                                                                     watch_until):
     first = daemon_factory()
