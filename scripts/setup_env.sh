@@ -13,7 +13,8 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------
 # espeak-ng: the always-available TTS; fonts: subtitles in Latin and CJK scripts.
-APT_PKGS=(espeak-ng fonts-dejavu-core fonts-wqy-zenhei)
+# opencv-data: the trained face cascade the studio runs (OpenCV 5 wheels ship none).
+APT_PKGS=(espeak-ng fonts-dejavu-core fonts-wqy-zenhei opencv-data)
 [ $DEV = 1 ] && APT_PKGS+=(chromium)
 missing=()
 for p in "${APT_PKGS[@]}"; do
