@@ -30,7 +30,7 @@ __all__ = ["Composite", "canvas_size", "compose", "cover_box", "default_placemen
 # The official MultiTalk resolution buckets (wan/utils/multitalk_utils.py ASPECT_RATIO_627 for
 # 480p, ASPECT_RATIO_960 for 720p): height/width ratio → (height, width). The model was trained
 # at these sizes; the official pipeline picks the bucket whose ratio is nearest the photo's.
-_BUCKETS: dict[str, dict[float, tuple[int, int]]] = {
+BUCKETS: dict[str, dict[float, tuple[int, int]]] = {
     "480p": {
         0.26: (320, 1216), 0.38: (384, 1024), 0.50: (448, 896), 0.67: (512, 768),
         0.82: (576, 704), 1.00: (640, 640), 1.22: (704, 576), 1.50: (768, 512),
@@ -62,7 +62,7 @@ def canvas_size(settings: Settings) -> tuple[int, int]:
     """(width, height) of the official bucket nearest the aspect: 480p 16:9 → 896×448,
     9:16 → 448×832, 1:1 → 640×640, 4:3 → 704×576, 3:4 → 576×704; 720p 16:9 → 1280×704,
     9:16 → 704×1280, 1:1 → 960×960, 4:3 → 1088×832, 3:4 → 832×1088."""
-    buckets = _BUCKETS[settings.resolution]
+    buckets = BUCKETS[settings.resolution]
     ratio = 1.0 / ASPECTS[settings.aspect]  # buckets are keyed by height / width
     height, width = buckets[min(buckets, key=lambda key: abs(key - ratio))]
     return width, height

@@ -118,13 +118,18 @@ def build_dit(config: DiTConfig, placement: Placement, *, folder: Path | None = 
     None = all on this device).
     """
     if folder is not None:
-        return load_dit(folder, device=placement.dit_home, dtype=placement.dit_dtype, loras=loras,
-                        sequence=sequence)
-    with torch.device("meta"):
-        model = MultiTalkDiT(config, sequence=sequence)
-    # Random numbers are drawn on the device (fast), then the model goes home.
-    model = init_random(model, placement.device, placement.dit_dtype, seed)
-    move_module(model, placement.dit_home)
+        model = load_dit(folder, device=placement.dit_home, dtype=placement.dit_dtype, loras=loras,
+                         sequence=sequence)
+    else:
+        with torch.device("meta"):
+            model = MultiTalkDiT(config, sequence=sequence)
+        # Random numbers are drawn on the device (fast), then the model goes home.
+        model = init_random(model, placement.device, placement.dit_dtype, seed)
+        move_module(model, placement.dit_home)
+    if torch.device(placement.dit_home).type == "cuda":
+        # Resident on the GPU: fuse the elementwise work between GEMMs and attention
+        # (docs/performance.md). Streamed or CPU models stay eager.
+        model.compile_blocks()
     return model
 
 

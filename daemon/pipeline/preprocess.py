@@ -31,7 +31,7 @@ from daemon.pipeline.longvideo import VAE_TIME_STRIDE, ClipSpan, audio_source_in
 from daemon.pipeline.masks import reference_masks
 # The official bucket tables (ASPECT_RATIO_627 / ASPECT_RATIO_960), kept once in shared/compose
 # (which sizes the composite by them); re-exported as the resolution presets of a render.
-from shared.compose import _BUCKETS as RESOLUTION_BUCKETS  # noqa: F401
+from shared.compose import BUCKETS as RESOLUTION_BUCKETS  # noqa: F401
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS    # 640 samples of 16 kHz audio per video frame
 AUDIO_WINDOW = 5                                 # official: frames −2 … +2 around each frame
