@@ -40,6 +40,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip install -q --disable-pip-version-check)
+# pip's notes about unreachable local package mirrors on some machines are noise here.
+pip_install() { "${PIP[@]}" "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 
 # torch first, chosen by the machine: a CPU machine never gets CUDA wheels forced on it
 # (torch==2.13.0 is the CPU build this project is tested with), a GPU machine keeps or gets
@@ -53,7 +55,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     spec="torch==2.13.0"
   fi
   say "installing $spec"
-  "${PIP[@]}" "$spec"
+  pip_install "$spec"
 fi
 
 # The rest, only when the requirement files changed since the last successful install.
@@ -64,6 +66,6 @@ if [ ! -f "$stamp" ]; then
   say "installing Python packages (${req_files[*]##*/})"
   args=()
   for f in "${req_files[@]}"; do args+=(-r "$f"); done
-  "${PIP[@]}" "${args[@]}"
+  pip_install "${args[@]}"
   touch "$stamp"
 fi
