@@ -82,8 +82,8 @@ def test_pruning_removes_the_least_recently_used_entries_first(tmp_path):
         cache.put(k, *_clip(tmp_path, k, 1000), frames=1)
         folder = cache.get(k).folder
         os.utime(folder, (time.time() - 100 + i, time.time() - 100 + i))
-    entry = sum(f.stat().st_size for f in cache.get(keys[0]).folder.iterdir())
-    cache.max_bytes = 2 * entry                                 # room for two of the three
+    size = lambda k: sum(f.stat().st_size for f in cache._folder(k).iterdir())  # noqa: E731
+    cache.max_bytes = size(keys[0]) + size(keys[2])             # room for two of the three
     cache.get(keys[0])                                          # used again: now the newest
     assert cache.prune() == 1
     assert cache.get(keys[1]) is None
