@@ -67,7 +67,8 @@ def _follow(settings: Settings, runtime: Runtime) -> int:
 
     backends = select_backends(settings, runtime, tts=None)
     runtime.control.gather_devices(describe_device(runtime.rank, runtime.device))
-    Worker(runtime.control, backends, JobFiles(settings.state)).run()
+    Worker(runtime.control, backends, JobFiles(settings.state), settings=settings,
+           device=runtime.device).run()
     return 0
 
 
@@ -104,7 +105,8 @@ def _lead(settings: Settings, runtime: Runtime) -> int:
     server = Server(settings, service, on_failure=board.request_stop)
     worker = Worker(runtime.control, backends, JobFiles(settings.state), store=store, board=board,
                     publish=publish,
-                    announce=lambda record: publish(JobChangedEvent(job=service.job_info(record))))
+                    announce=lambda record: publish(JobChangedEvent(job=service.job_info(record))),
+                    settings=settings, device=runtime.device)
     try:
         server.start()
     except ServerError as e:

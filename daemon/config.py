@@ -2,12 +2,14 @@
 
 Flag names of the official MultiTalk scripts are kept (`--ulysses_size`, `--t5_fsdp`,
 `--offload_model True`, …) so their users feel at home; ours use dashes. This is also the one
-place that reads the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK.
+place that reads the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, and
+DUET_INJECT_FAULT (tests only: makes the daemon fail on purpose, see FAULTS).
 """
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +20,29 @@ from shared.protocol import DEFAULT_PORT, MAX_FRAME_BYTES
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_VERSION = "0.1.0"
 BACKEND_CHOICES = ("auto", "draft", "multitalk")
+# DUET_INJECT_FAULT values, for the reliability tests (docs/reliability.md): a failure that
+# cannot be provoked for real on the test machine.
+FAULTS = {
+    "gpu-oom": "the first render after start raises torch.OutOfMemoryError at its first "
+               "progress check, as a GPU that ran out of memory would",
+}
+FAULT_ENV = "DUET_INJECT_FAULT"
+# A sampling step has at most 3 guidance passes (cond, drop-text, uncond): more CFG-parallel
+# groups would idle (daemon.parallel.groups.MAX_GUIDANCE_DEGREE; not imported: torch).
+MAX_CFG_PARALLEL = 3
 SERVER_SECRET_KEY = "server.key_secret"      # zmq.auth certificate layout inside --curve-dir
 AUTHORIZED_CLIENTS = "authorized_clients"
 
 
 class ConfigError(ValueError):
     """A flag value or combination the daemon cannot run with; the message says the fix."""
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """One --lora flag: a LoRA merged into the DiT at load, ΔW scaled by `scale`."""
+    path: Path           # absolute; a relative flag value is resolved under --weights
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,8 @@ class Settings:
     sample_shift: float | None = None
     offload_model: bool = True
     num_persistent_param_in_dit: int | None = None
+    cfg_parallel: int = 1               # guidance passes over this many rank groups (1 = none)
+    loras: tuple[LoraFile, ...] = ()
     # Service.
     server_port: int = DEFAULT_PORT
     bind: str = "127.0.0.1"
@@ -49,6 +70,7 @@ class Settings:
     max_request_bytes: int = MAX_FRAME_BYTES
     max_queued: int = 100
     log_level: str = "INFO"
+    inject_fault: str | None = None     # one of FAULTS (tests only), from DUET_INJECT_FAULT
     # From torchrun.
     rank: int = 0
     local_rank: int = 0
@@ -91,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "visible GPU under torchrun.")
     g = p.add_argument_group("model and parallelism (names as in the official MultiTalk scripts)")
     g.add_argument("--ulysses_size", type=int, default=1,
-                   help="Ulysses sequence-parallel degree; ulysses_size × ring_size = number of ranks")
+                   help="Ulysses sequence-parallel degree; cfg_parallel × ulysses_size × "
+                        "ring_size = number of ranks")
     g.add_argument("--ring_size", type=int, default=1, help="ring-attention sequence-parallel degree")
     g.add_argument("--t5_fsdp", action="store_true", help="shard the T5 encoder over the ranks")
     g.add_argument("--dit_fsdp", action="store_true", help="shard the DiT over the ranks")
@@ -104,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "False on several)")
     g.add_argument("--num_persistent_param_in_dit", type=int, default=None,
                    help="DiT parameters kept on the GPU when offloading (low-VRAM mode)")
+    g.add_argument("--cfg_parallel", type=int, default=1, metavar="N",
+                   help=f"run a step's guidance passes on N groups of ranks at once (1–"
+                        f"{MAX_CFG_PARALLEL}); ranks = cfg_parallel × ulysses_size × ring_size "
+                        f"(default 1: no CFG parallelism, see docs/parallel.md)")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="merge a LoRA into the DiT at load (repeatable; scale default 1.0); a "
+                        "relative FILE is looked up under --weights, e.g. loras/NAME.safetensors "
+                        "(weights/download.sh lora)")
     s = p.add_argument_group("service")
     s.add_argument("--server_port", type=int, default=DEFAULT_PORT,
                    help=f"ZeroMQ port (default {DEFAULT_PORT}; the studio's web page is on 8419)")
@@ -148,17 +179,38 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
                                     _env_int(env, "WORLD_SIZE", 1))
     offload = args.offload_model if args.offload_model is not None else world_size == 1
     max_request = MAX_FRAME_BYTES if args.max_request_mb is None else int(args.max_request_mb * 2**20)
+    weights = args.weights.resolve()
     settings = Settings(
         ulysses_size=args.ulysses_size, ring_size=args.ring_size, t5_fsdp=args.t5_fsdp,
         dit_fsdp=args.dit_fsdp, frame_num=args.frame_num, sample_shift=args.sample_shift,
         offload_model=offload, num_persistent_param_in_dit=args.num_persistent_param_in_dit,
+        cfg_parallel=args.cfg_parallel,
+        loras=tuple(parse_lora(text, weights) for text in args.lora),
         server_port=args.server_port, bind=args.bind, insecure=args.insecure,
         require_curve=args.require_curve, curve_dir=args.curve_dir,
-        weights=args.weights.resolve(), state=args.state.resolve(), backend=args.backend,
+        weights=weights, state=args.state.resolve(), backend=args.backend,
         max_request_bytes=max_request, max_queued=args.max_queued, log_level=args.log_level,
-        rank=rank, local_rank=local_rank, world_size=world_size)
+        inject_fault=env.get(FAULT_ENV) or None, rank=rank, local_rank=local_rank,
+        world_size=world_size)
     check_settings(settings)
     return settings
+
+
+def parse_lora(text: str, weights: Path) -> LoraFile:
+    """`FILE` or `FILE:SCALE` → LoraFile; a relative FILE is taken under `weights`."""
+    name, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            name, scale = head, float(tail)
+        except ValueError:
+            pass                            # a colon inside the file name, no scale
+    if not name:
+        raise ConfigError(f"--lora {text!r}: give a file, e.g. --lora loras/NAME.safetensors:0.8")
+    if not math.isfinite(scale):
+        raise ConfigError(f"--lora {text!r}: the scale must be a finite number, e.g. 0.8")
+    path = Path(name).expanduser()
+    return LoraFile(path if path.is_absolute() else weights / path, scale)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -178,12 +230,18 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"RANK={s.rank} / WORLD_SIZE={s.world_size} are inconsistent")
     if s.ulysses_size < 1 or s.ring_size < 1:
         raise ConfigError("--ulysses_size and --ring_size must be at least 1")
-    if s.ulysses_size * s.ring_size != s.world_size:
+    if not 1 <= s.cfg_parallel <= MAX_CFG_PARALLEL:
+        raise ConfigError(f"--cfg_parallel {s.cfg_parallel} must be 1 to {MAX_CFG_PARALLEL}: a step "
+                          f"has at most {MAX_CFG_PARALLEL} guidance passes to spread")
+    ranks = s.cfg_parallel * s.ulysses_size * s.ring_size
+    if ranks != s.world_size:
+        cfg = f"--cfg_parallel {s.cfg_parallel} × " if s.cfg_parallel > 1 else ""
+        fix = (f"--ulysses_size {s.world_size // s.cfg_parallel} --ring_size 1"
+               if s.world_size % s.cfg_parallel == 0 else f"--cfg_parallel 1 --ulysses_size {s.world_size}")
         raise ConfigError(
-            f"--ulysses_size {s.ulysses_size} × --ring_size {s.ring_size} = "
-            f"{s.ulysses_size * s.ring_size}, but the daemon runs {s.world_size} rank(s): they must "
-            f"be equal. Start {s.ulysses_size * s.ring_size} ranks (./run_daemon.sh --nproc "
-            f"{s.ulysses_size * s.ring_size}) or set --ulysses_size {s.world_size} --ring_size 1")
+            f"{cfg}--ulysses_size {s.ulysses_size} × --ring_size {s.ring_size} = {ranks}, but the "
+            f"daemon runs {s.world_size} rank(s): they must be equal. Start {ranks} ranks "
+            f"(./run_daemon.sh --nproc {ranks}) or set {fix}")
     if (s.t5_fsdp or s.dit_fsdp) and s.world_size == 1:
         raise ConfigError("--t5_fsdp/--dit_fsdp shard over several ranks; with one rank, drop them")
     if s.frame_num < 5 or s.frame_num % 4 != 1:
@@ -193,12 +251,23 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"--sample_shift {s.sample_shift} must be positive")
     if s.num_persistent_param_in_dit is not None and s.num_persistent_param_in_dit < 0:
         raise ConfigError("--num_persistent_param_in_dit must be 0 or more")
+    if s.loras and s.dit_fsdp:
+        raise ConfigError("--lora cannot be merged into a DiT sharded with --dit_fsdp yet (the merge "
+                          "needs whole weights): drop one of them")
+    for lora in s.loras:
+        if not lora.path.is_file():
+            raise ConfigError(f"--lora: {lora.path} not found — download the LoRAs with "
+                              f"`weights/download.sh lora` (they go to {s.weights / 'loras'}), or "
+                              f"give the file's path")
     if not 1 <= s.server_port <= 65535:
         raise ConfigError(f"--server_port {s.server_port} is not a TCP port (1–65535)")
     if not 1024 <= s.max_request_bytes <= MAX_FRAME_BYTES:
         raise ConfigError(f"--max-request-mb must be between 0.001 and {MAX_FRAME_BYTES / 2**20:.0f}")
     if s.max_queued < 1:
         raise ConfigError("--max-queued must be at least 1")
+    if s.inject_fault is not None and s.inject_fault not in FAULTS:
+        raise ConfigError(f"{FAULT_ENV}={s.inject_fault!r} is not a fault the daemon can inject "
+                          f"({', '.join(FAULTS)}); unset it for normal use")
     if s.insecure and s.require_curve:
         raise ConfigError("--insecure and --require-curve contradict each other; pick one")
     if s.curve:

@@ -13,6 +13,7 @@ stop requests, and the wake-up of an idle worker when work arrives.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -31,6 +32,9 @@ from shared.protocol import ARTIFACTS, ProgressEvent, TERMINAL_STATES
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3          # interrupted runs (daemon killed mid-job) before a job is failed
+# Below this much free space on the state disk, a failure is most likely the disk's fault: some
+# writers (libsndfile, ffmpeg) report a full disk without an errno we could recognise.
+LOW_DISK_BYTES = 64 * 2**20
 PROJECT_FILE = "project.zip"
 INPUT_DIR = "input"
 WORK_DIR = "work"         # a running job's outputs before they are complete
@@ -99,6 +103,21 @@ class Recovery:
     failed: list[str]
     cancelled: list[str]
     removed_orphans: list[str]
+
+
+def out_of_space(error: BaseException | None) -> bool:
+    """Whether `error`, or an error that led to it, says a disk (or quota) is full."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if "No space left on device" in str(error):     # ffmpeg's stderr, inside MediaError
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def file_sha256(path: Path) -> str:
@@ -194,6 +213,15 @@ class JobStore:
     def artifact_path(self, job_id: str, name: str) -> Path:
         return self.files.artifact_path(job_id, name)
 
+    def disk_full_note(self, error: BaseException | None = None) -> str | None:
+        """What to tell the user when `error` came from a full disk (or the state disk is
+        nearly full, whatever the error says); None otherwise."""
+        free = shutil.disk_usage(self.root).free
+        if not (out_of_space(error) or free < LOW_DISK_BYTES):
+            return None
+        return (f"the disk holding {self.root} is full ({free / 2**20:.1f} MiB free): free space "
+                "there, then submit the project again")
+
     # -- startup
     def recover(self) -> Recovery:
         """Make the store consistent after any kind of stop, before the worker starts."""
@@ -235,16 +263,23 @@ class JobStore:
         """Store the input, then the queued row: a job exists only with its complete input."""
         job_id = secrets.token_hex(6)
         input_dir = self.job_dir(job_id) / INPUT_DIR
-        input_dir.mkdir(parents=True)
-        path = input_dir / PROJECT_FILE
-        write_atomic(path, project)
-        _fsync_dir(self.jobs_dir)
-        sha = hashlib.sha256(project).hexdigest()
-        with self._tx() as db:
-            db.execute("INSERT INTO jobs (id, state, mode, backend, title, created) "
-                       "VALUES (?, 'queued', ?, ?, ?, ?)", (job_id, mode, backend, title, time.time()))
-            db.execute("INSERT INTO artifacts (job_id, name, size, sha256) VALUES (?, ?, ?, ?)",
-                       (job_id, PROJECT_FILE, len(project), sha))
+        try:
+            input_dir.mkdir(parents=True)
+            path = input_dir / PROJECT_FILE
+            write_atomic(path, project)
+            _fsync_dir(self.jobs_dir)
+            sha = hashlib.sha256(project).hexdigest()
+            with self._tx() as db:
+                db.execute("INSERT INTO jobs (id, state, mode, backend, title, created) "
+                           "VALUES (?, 'queued', ?, ?, ?, ?)",
+                           (job_id, mode, backend, title, time.time()))
+                db.execute("INSERT INTO artifacts (job_id, name, size, sha256) "
+                           "VALUES (?, ?, ?, ?)", (job_id, PROJECT_FILE, len(project), sha))
+        except BaseException:
+            # A refused submit (disk full, database locked) stores nothing, not even until the
+            # next restart's recover().
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            raise
         return self.get(job_id)
 
     def claim_next(self) -> JobRecord | None:

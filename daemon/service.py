@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import platform
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,8 @@ from daemon.config import PACKAGE_VERSION, Settings
 from daemon.jobs import JobBoard, JobRecord, JobStateError, JobStore
 from daemon.tts.timeline import build_soundtrack
 from shared import protocol as p
-from shared.scene import Crop, Line, Person, Placement, ProjectError, Scene, load_project
+from shared.scene import (Crop, Line, Person, Placement, ProjectError, Scene, audio_duration,
+                          load_project)
 from shared.voices import VoiceError, closest_installed, voice_info
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,14 @@ class Service:
             if not line.text.strip() and line.audio is None:
                 raise p.ProtocolError("bad_request", f"line {i + 1} is empty: write the line or "
                                       "attach its audio", field=f"{where}.text")
+            if line.audio is not None:
+                # The limits a project's line audio has (length, sample rate), checked before
+                # anything is decoded in full or resampled.
+                try:
+                    audio_duration(line.audio, "audio")
+                except ProjectError as e:
+                    raise p.ProtocolError("bad_request", f"line {i + 1}: {e}",
+                                          field="body.lines") from None
             lines.append(Line(speaker=line.speaker, text=line.text, voice=line.voice,
                               speed=line.speed, pause_after=line.pause_after, audio=line.audio))
         scene = Scene(cast=cast, lines=lines)
@@ -194,8 +204,15 @@ class Service:
         except InputError as e:
             raise p.ProtocolError("invalid_project", str(e), field="body.project") from None
         with self.board.event_order:
-            record = self.store.create(request.project, mode=request.mode, backend=backend.name,
-                                       title=scene.title)
+            try:
+                record = self.store.create(request.project, mode=request.mode,
+                                           backend=backend.name, title=scene.title)
+            except (OSError, sqlite3.Error) as e:
+                note = self.store.disk_full_note(e)
+                if note is None:
+                    raise
+                raise p.ProtocolError("busy", f"the daemon cannot store the project: {note}") \
+                    from None
             info = self.job_info(record)
             self.publish(p.JobChangedEvent(job=info))
         self.board.notify_work()

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from daemon.backends import Backend, Backends, BackendUnavailable, JobInputs, RenderOutputs
+from daemon.config import FAULT_ENV, Settings
 from daemon.control import CONTINUE, END, KEEPALIVE_S, STOP, Command, Control
 from daemon.jobs import JobBoard, JobFiles, JobRecord, JobStore
+from daemon.models.memory import DiTShape, RunConfig, plan, suggest
 from daemon.pipeline.progress import Cancelled, Progress, Reporter
 from shared import protocol as p
-from shared.scene import load_project
+from shared.compose import canvas_size
+from shared.scene import ProjectError, Scene, load_project
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +122,8 @@ class Worker:
     def __init__(self, control: Control, backends: Backends, files: JobFiles, *,
                  store: JobStore | None = None, board: JobBoard | None = None,
                  publish: Callable[[Any], None] | None = None,
-                 announce: Callable[[JobRecord], None] | None = None):
+                 announce: Callable[[JobRecord], None] | None = None,
+                 settings: Settings = Settings(), device: torch.device = torch.device("cpu")):
         self.control = control
         self.backends = backends
         self.files = files          # every rank reads a job's input from the shared state folder
@@ -125,6 +131,9 @@ class Worker:
         self.board = board
         self.publish = publish      # a ProgressEvent to subscribers
         self.announce = announce    # a job's new state to subscribers
+        self.settings = settings    # parallel flags, for the memory advice after an OOM
+        self.device = device
+        self._inject_oom = settings.inject_fault == "gpu-oom"
 
     def run(self) -> None:
         if self.control.rank == 0:
@@ -162,7 +171,7 @@ class Worker:
         self._command(Command("run", job_id=job.id, mode=job.mode))
         sync = _JobSync(self.control)
         tracker = ProgressTracker(job.id, self.board, self.publish)
-        reporter = Reporter(tracker, lambda: sync.check(self.board.should_stop(job.id)))
+        reporter = Reporter(tracker, lambda: self._check(sync, job.id))
         work = self.store.work_dir(job.id)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -186,17 +195,59 @@ class Worker:
         except Exception as e:
             if not backend.distributed:
                 sync.end()
+            # Partial outputs go first: on a full disk, that space lets the store record why.
+            shutil.rmtree(work, ignore_errors=True)
             if self.board.stopping:
                 # A stop signal reaches the whole process group, so a child (ffmpeg) may die
                 # of it before our next check: not the job's fault.
                 record = self.store.requeue(job.id)
                 log.info("job %s: interrupted by shutdown (%s), queued again", job.id, e)
+            elif isinstance(e, torch.OutOfMemoryError):
+                log.error("job %s: out of GPU memory: %s", job.id, e)
+                _release_gpu_memory()
+                record = self.store.fail(job.id, self._out_of_memory_message(e, job))
             else:
                 log.exception("job %s failed", job.id)
-                record = self.store.fail(job.id, _failure_message(e))
+                message = _failure_message(e)
+                note = self.store.disk_full_note(e)
+                record = self.store.fail(job.id, f"{message} — {note}" if note else message)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self._finish(record)
+
+    def _check(self, sync: _JobSync, job_id: str) -> bool:
+        """The per-step check: go on, or stop (cancel or shutdown) on every rank together."""
+        if self._inject_oom:
+            self._inject_oom = False
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (injected by "
+                f"{FAULT_ENV}=gpu-oom)")
+        return sync.check(self.board.should_stop(job_id))
+
+    def _out_of_memory_message(self, error: torch.OutOfMemoryError, job: JobRecord) -> str:
+        """Why the job failed and, from the memory planner, what would need less memory."""
+        first_line = (str(error).strip().splitlines() or ["out of memory"])[0][:300]
+        try:
+            scene = load_project(self.files.project_path(job.id).read_bytes())
+        except (OSError, ProjectError):
+            scene = None
+        return out_of_memory_advice(first_line, self._run_config(scene),
+                                    scene.settings.resolution if scene is not None else None)
+
+    def _run_config(self, scene: Scene | None) -> RunConfig:
+        """The memory planner's view of this daemon running `scene`."""
+        s = self.settings
+        run = RunConfig(world_size=s.world_size, dit_fsdp=s.dit_fsdp, t5_fsdp=s.t5_fsdp,
+                        offload_model=s.offload_model,
+                        persistent_dit_params=s.num_persistent_param_in_dit)
+        if scene is not None:
+            width, height = canvas_size(scene.settings)
+            run = dataclasses.replace(run, width=width, height=height,
+                                      frames=scene.settings.frame_num)
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            run = dataclasses.replace(run, gpu_bytes=int(total))
+        return run
 
     def _render(self, backend: Backend, job_id: str, mode: str, work: Path | None,
                 reporter: Reporter) -> RenderOutputs:
@@ -228,6 +279,35 @@ class Worker:
                 pass
             except Exception:
                 log.exception("rank %d: job %s failed", self.control.rank, command.job_id)
+
+
+def out_of_memory_advice(error_line: str, run: RunConfig, resolution: str | None = None,
+                         shape: DiTShape = DiTShape(), limit: int = 5) -> str:
+    """A failed job's message after the GPU ran out of memory: what the planner expected for
+    this run and which daemon configurations fit and need less memory (least intrusive first)."""
+    expected = plan(shape, run)
+    lines = [f"the GPU ran out of memory during this render ({error_line})."]
+    if expected.fits:
+        lines.append(f"The memory planner expected it to fit ({expected.describe()}): another "
+                     "process may be using the GPU (check nvidia-smi), or this scene needs more "
+                     "than planned.")
+    else:
+        lines.append(f"It needs more than the GPU has: {expected.describe()}.")
+    options = [o for o in suggest(shape, run, limit=1000) if o.gpu_peak < expected.gpu_peak]
+    if options:
+        lines.append("Configurations that need less GPU memory (restart the daemon with their "
+                     "flags, e.g. ./run_daemon.sh --nproc 2 --dit_fsdp):")
+        lines += [f"  {o.describe()}" for o in options[:limit]]
+    else:
+        lines.append("No configuration of this daemon needs less GPU memory.")
+    lines.append("Or make a draft render" + (", or render at 480p." if resolution == "720p" else "."))
+    return "\n".join(lines)
+
+
+def _release_gpu_memory() -> None:
+    """Hand the allocator's cached blocks back after an OOM, so the next job starts clean."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _failure_message(error: Exception) -> str:

@@ -22,6 +22,7 @@ import stat
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 16
 MAX_AUDIO_BYTES = 50 * 1024 * 1024
 MAX_AUDIO_SECONDS = 600.0
+# Resampling cost grows with the rate (a polyphase filter ~20 taps per unit of the larger rate):
+# a header claiming 2^31 Hz would ask for hundreds of GB. Real recordings lie well inside.
+AUDIO_RATE_RANGE = (8000, 384000)
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 MAX_PROJECT_BYTES = 512 * 1024 * 1024  # the zip itself and the sum of its uncompressed entries
 MAX_ENTRIES = 3 + MAX_CAST + MAX_LINES  # project.json, assets/, background, portraits, line audio
@@ -280,6 +284,12 @@ def audio_duration(data: bytes, field_path: str = "audio") -> float:
         raise ProjectError(
             f"{field_path}: {info.format_info or info.format} audio is not supported; "
             "use WAV, FLAC or OGG"
+        )
+    low, high = AUDIO_RATE_RANGE
+    if not low <= info.samplerate <= high:
+        raise ProjectError(
+            f"{field_path}: sample rate {info.samplerate} Hz is outside {low}–{high} Hz; "
+            "re-export it at 16, 24, 44.1 or 48 kHz"
         )
     too_long = f"{field_path}: the audio lasts over {MAX_AUDIO_SECONDS:.0f} s (the limit)"
     if info.frames > MAX_AUDIO_SECONDS * info.samplerate:
@@ -812,6 +822,9 @@ def _read_archive(data: bytes) -> dict[str, bytes]:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, OSError):
         raise ProjectError("archive: not a Duet Studio project (not a zip archive)") from None
+    except NotImplementedError as e:  # a header claiming a zip version Python cannot read
+        raise ProjectError(f"archive: unsupported zip format ({e}); save the project again") \
+            from None
     with archive:
         infos = archive.infolist()
         if len(infos) > MAX_ENTRIES:
@@ -855,7 +868,9 @@ def _read_archive(data: bytes) -> dict[str, bytes]:
             try:
                 with archive.open(info) as stream:
                     content = stream.read(info.file_size + 1)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as e:
+            # zlib.error: a corrupt deflate stream; NotImplementedError: a mangled header.
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error,
+                    NotImplementedError) as e:
                 raise ProjectError(f"archive entry {info.orig_filename!r}: corrupt ({e})") from None
             if len(content) != info.file_size:
                 raise ProjectError(f"archive entry {info.orig_filename!r}: corrupt "
@@ -886,6 +901,8 @@ def _parse_document(data: bytes) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys,
                           parse_constant=_no_special_numbers)
+    except RecursionError:  # thousands of nested [ or {: no project nests deeper than 4
+        raise ProjectError("project.json: arrays and objects nest too deeply") from None
     except json.JSONDecodeError as e:
         raise ProjectError(f"project.json: invalid JSON at line {e.lineno} column {e.colno} "
                            f"({e.msg})") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -344,7 +345,7 @@ def _encode_frames(frames: Iterable[np.ndarray], fps: int, width: int, height: i
                 pass
     if returncode != 0 or ffmpeg_died:
         raise MediaError(_ffmpeg_failure(f"encoding {out.name}", stderr_path.read_text(
-            encoding="utf-8", errors="replace"), out.parent))
+            encoding="utf-8", errors="replace"), out.parent, returncode))
 
 
 def _widen_pipe(pipe) -> None:
@@ -361,11 +362,19 @@ def _run_ffmpeg(args: list[str], what: str) -> None:
                              "-loglevel", "error", "-y", *args],
                             capture_output=True, text=True, errors="replace")
     if result.returncode != 0:
-        raise MediaError(_ffmpeg_failure(what, result.stderr, Path(args[-1]).parent))
+        raise MediaError(_ffmpeg_failure(what, result.stderr, Path(args[-1]).parent,
+                                         result.returncode))
 
 
-def _ffmpeg_failure(what: str, stderr: str, out_dir: Path) -> str:
-    message = f"ffmpeg failed {what}: {_tail(stderr) or 'no message'}"
+def _ffmpeg_failure(what: str, stderr: str, out_dir: Path, returncode: int | None = None) -> str:
+    reason = _tail(stderr)
+    if not reason and returncode is not None and returncode < 0:
+        # Killed without a word: by the kernel's OOM killer, a file-size limit, or a person.
+        try:
+            reason = f"ffmpeg was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            reason = f"ffmpeg was killed by signal {-returncode}"
+    message = f"ffmpeg failed {what}: {reason or 'no message'}"
     if "No space left on device" in stderr:
         message += f" — free disk space in {out_dir}"
     return message
