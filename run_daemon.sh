@@ -47,8 +47,10 @@ export NCCL_NVLS_ENABLE=0
 if (( nproc == 0 )); then
     exec "$python" -m daemon "${args[@]+"${args[@]}"}"
 fi
-# Sequence parallelism over all ranks unless the flags say otherwise (ulysses × ring = ranks).
-if (( nproc > 1 )) && [[ " ${args[*]+"${args[*]}"} " != *" --ulysses_size"* && " ${args[*]+"${args[*]}"} " != *" --ring_size"* ]]; then
+# Sequence parallelism over all ranks unless the flags say otherwise
+# (cfg_parallel × ulysses × ring = ranks).
+flags=" ${args[*]+"${args[*]}"} "
+if (( nproc > 1 )) && [[ $flags != *" --ulysses_size"* && $flags != *" --ring_size"* && $flags != *" --cfg_parallel"* ]]; then
     args+=(--ulysses_size "$nproc")
 fi
 exec "$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" -m daemon \

@@ -6,7 +6,9 @@ A backend turns a validated scene into the job's output files. Two exist:
 - `multitalk`: the full MultiTalk model, when weights/Wan2.1-I2V-14B-480P is present and the
   pipeline module `daemon.pipeline.multitalk` exists. That module provides
   `load_backend(settings, runtime, tts) -> Backend` (every rank calls it, in lockstep) and its
-  backend runs on every rank (`distributed = True`), only rank 0 writing files.
+  backend runs on every rank (`distributed = True`), only rank 0 writing files. On several
+  ranks it needs CUDA GPUs: a multi-rank CPU daemon serves drafts only and never builds the
+  model's parallel groups.
 
 Every backend has the same shape: `name`, `modes`, `distributed`, `state()` for `info`,
 `check_inputs(scene)` called at submit (raises InputError naming the problem) and
@@ -154,6 +156,12 @@ def select_backends(settings: Settings, runtime, tts) -> Backends:
     if settings.backend == "draft":
         missing.append(Missing("multitalk", full, "disabled with --backend draft; restart the "
                                                   "daemon without it for full renders"))
+    elif runtime.world_size > 1 and runtime.device.type != "cuda":
+        missing.append(Missing("multitalk", full,
+                               f"this daemon runs {runtime.world_size} ranks on the CPU, where "
+                               f"MultiTalk is not split over ranks; start one process "
+                               f"(./run_daemon.sh --nproc 0) for CPU full renders, or one rank "
+                               f"per GPU; draft renders work now"))
     elif not weights.is_dir():
         missing.append(Missing("multitalk", full,
                                f"{weights} not found — download the weights for full renders "

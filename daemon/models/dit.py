@@ -10,7 +10,8 @@ One forward, top to bottom:
   context  T5 text (zero-padded to text_len) → text_embedding; CLIP → img_emb
   audio    wav2vec2 windows → audio_proj → [B, F, speakers·K, A] (K tokens per speaker per frame)
   blocks   adaLN(e0) self-attention with 3-D RoPE → text+image cross-attention →
-           audio cross-attention per latent frame (L-RoPE routing for two speakers) → adaLN FFN
+           audio cross-attention per latent frame (L-RoPE routing for two speakers) → adaLN FFN;
+           or, when a TeaCache decides so, the blocks' residual of an earlier step added instead
   head     adaLN(e) → Linear → unpatchify → [B, 16, F, H, W] (float32)
 
 Precision follows the official code: the residual stream, attention and projections run in the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -397,6 +399,18 @@ class Head(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The model
 
+class BlockCache(Protocol):
+    """Lets a caller answer the transformer blocks from a cache (TeaCache, one per guidance
+    pass): before the blocks the DiT asks `reuse(e0)` — a residual to add to the tokens instead
+    of running them, or None — and after running them hands `store` what they added
+    (tokens after − tokens before). The residual is this rank's token slice, in the weights'
+    dtype; e0 [B, 6, D] float32 is the blocks' modulation input."""
+
+    def reuse(self, e0: torch.Tensor) -> torch.Tensor | None: ...
+
+    def store(self, residual: torch.Tensor) -> None: ...
+
+
 class MultiTalkDiT(nn.Module):
     def __init__(self, cfg: DiTConfig, sequence=None):
         """`sequence`: how the tokens of a forward are laid out over ranks — WholeSequence
@@ -420,7 +434,8 @@ class MultiTalkDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 clip_fea: torch.Tensor, y: torch.Tensor, audio: torch.Tensor,
-                ref_target_masks: torch.Tensor | None = None) -> torch.Tensor:
+                ref_target_masks: torch.Tensor | None = None,
+                block_cache: BlockCache | None = None) -> torch.Tensor:
         """Predict the flow-matching velocity for one batch of latents.
 
         x                 [B, 16, F, H, W]   noisy latent (any float dtype)
@@ -432,6 +447,8 @@ class MultiTalkDiT(nn.Module):
                           (`gather_audio_windows`); 1 speaker = plain per-frame attention
         ref_target_masks  [3, H, W] 0/1      person 1, person 2, background at latent resolution;
                           required for 2 speakers
+        block_cache       may skip the blocks and add their cached residual instead (TeaCache);
+                          None runs them
         → [B, 16, F, H, W] float32
         """
         cfg = self.cfg
@@ -469,9 +486,17 @@ class MultiTalkDiT(nn.Module):
         tokens = shard.split(tokens)
         rope = tuple(shard.split(table, dim=0) for table in rope)
 
-        for block in self.blocks:
-            tokens = block(tokens, e0, rope, context_img, context_text, audio_tokens, person_masks,
-                           shard)
+        cached = block_cache.reuse(e0) if block_cache is not None else None
+        if cached is not None:
+            tokens = tokens + cached
+        else:
+            # Only a cache needs the input kept alive through the blocks (a token slice's size).
+            before = tokens if block_cache is not None else None
+            for block in self.blocks:
+                tokens = block(tokens, e0, rope, context_img, context_text, audio_tokens,
+                               person_masks, shard)
+            if block_cache is not None:
+                block_cache.store(tokens - before)
 
         return self.unpatchify(shard.gather(self.head(tokens, e)), grid)
 

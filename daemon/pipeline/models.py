@@ -6,7 +6,8 @@
     bundle.clip   CLIPVisionEncoder       ViT-H image tower; same
     bundle.vae    WanVAE                  stays on the compute device (small, used every clip)
     bundle.audio  AudioFeatureExtractor   wav2vec2, float32 on the compute device
-    bundle.identity                       what the clip cache keys on (weight files' sizes, times)
+    bundle.identity                       what the clip cache keys on (weight files' sizes, times,
+                                          and the LoRAs merged with their scales)
 
 Placement follows the official service's flags:
   * T5 and CLIP live in pinned host memory and visit the GPU for each encode (`encoding(...)`):
@@ -19,15 +20,21 @@ Placement follows the official service's flags:
     and lend a GPU copy of their weights to each call (WeightStreaming).
 On a GPU the memory planner (daemon.models.memory) is consulted before anything is loaded.
 
+Several ranks (docs/parallel.md): the DiT gets the rank's sequence layout, and with a device
+mesh it (`dit_mesh`, --dit_fsdp) or the T5 encoder (`t5_mesh`, --t5_fsdp) is sharded per block
+over the ranks. A sharded model stays on its device: its shard is what saves the memory that
+offloading would.
+
 `ModelBundle.random(...)` builds the same bundle with random weights and no weight files — at
 the full 14B size for GPU benchmarks, or tiny for the CPU.
 
-The DiT is built in one place, `build_dit`, where parallel execution (an attention backend,
-FSDP wrapping) is to be handed in.
+The DiT is built in one place, `build_dit`, where parallel execution (the sequence layout,
+FSDP sharding) is handed in.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +43,8 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers import models as tokenizer_models
 
@@ -50,6 +59,8 @@ from daemon.models.t5 import (T5_CHECKPOINT, T5_TOKENIZER_DIR, PromptTokenizer, 
                               T5Encoder, T5TextEncoder)
 from daemon.models.vae import VAEConfig, VideoVAE, WanVAE
 from daemon.models.wav2vec import AudioFeatureExtractor
+from daemon.parallel.fsdp import load_dit_sharded, load_t5_sharded
+from daemon.parallel.sequence import WholeSequence
 from daemon.pipeline.clip_cache import files_identity
 
 WAN_FOLDER = "Wan2.1-I2V-14B-480P"
@@ -111,12 +122,24 @@ class Placement:
 
 
 def build_dit(config: DiTConfig, placement: Placement, *, folder: Path | None = None,
-              loras: Sequence[LoraSpec] = (), sequence=None, seed: int = 0) -> MultiTalkDiT:
+              loras: Sequence[LoraSpec] = (), sequence=None, fsdp_mesh: DeviceMesh | None = None,
+              seed: int = 0) -> MultiTalkDiT:
     """The DiT from the released files in `folder`, or with random weights when it is None.
 
     `sequence`: how a forward's tokens are laid out over ranks (daemon.parallel.sequence;
-    None = all on this device).
+    None = all on this device). `fsdp_mesh`: shard the DiT per block over these ranks, each
+    rank reading only its own rows of the files (daemon.parallel.fsdp).
     """
+    if fsdp_mesh is not None:
+        if folder is None or loras:
+            raise ValueError("a sharded DiT is read from the released files, without LoRAs (the "
+                             "merge needs whole weights)")
+        if placement.dit_home != placement.device:
+            raise ValueError("a sharded DiT stays on its device: build the Placement without "
+                             "offload_model / persistent_dit_params")
+        # Eager: the blocks' FSDP hooks gather and free the weights around each block.
+        return load_dit_sharded(folder, device=placement.device, dtype=placement.dit_dtype,
+                                mesh=fsdp_mesh, sequence=sequence)
     if folder is not None:
         model = load_dit(folder, device=placement.dit_home, dtype=placement.dit_dtype, loras=loras,
                          sequence=sequence)
@@ -126,9 +149,10 @@ def build_dit(config: DiTConfig, placement: Placement, *, folder: Path | None = 
         # Random numbers are drawn on the device (fast), then the model goes home.
         model = init_random(model, placement.device, placement.dit_dtype, seed)
         move_module(model, placement.dit_home)
-    if torch.device(placement.dit_home).type == "cuda":
+    if torch.device(placement.dit_home).type == "cuda" and isinstance(model.sequence, WholeSequence):
         # Resident on the GPU: fuse the elementwise work between GEMMs and attention
-        # (docs/performance.md). Streamed or CPU models stay eager.
+        # (docs/performance.md). Streamed or CPU models stay eager, and so do blocks whose
+        # attention is split over ranks: compiling their collectives is not yet measured.
         model.compile_blocks()
     return model
 
@@ -225,6 +249,21 @@ class WeightStreaming:
         return sum(p.numel() for m in self.streamed for p in m.parameters())
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """Whether FSDP shards `module` over the ranks (it then never moves)."""
+    return isinstance(module, FSDPModule)
+
+
+def bundle_identity(paths: WeightPaths, loras: Sequence[LoraSpec]) -> str:
+    """What the clip cache keys on: the weight files and the LoRAs merged, with their scales
+    (the merge is a sum: their order does not matter)."""
+    files = files_identity([*paths.files(), *(spec.path for spec in loras)])
+    if not loras:
+        return files
+    scales = sorted(f"{Path(spec.path).name}={spec.scale!r}" for spec in loras)
+    return hashlib.sha256("\0".join([files, *scales]).encode()).hexdigest()[:32]
+
+
 def _pinned(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory() if device.type == "cuda" else tensor
 
@@ -247,6 +286,7 @@ class ModelBundle:
     placement: Placement
     identity: str
     memory_plan: MemoryPlan | None = None
+    loras: tuple[LoraSpec, ...] = ()        # merged into the DiT
     streaming: WeightStreaming | None = field(default=None, init=False)
     _homes: dict[int, HostCopy] = field(default_factory=dict, init=False, repr=False)
 
@@ -254,9 +294,10 @@ class ModelBundle:
         p = self.placement
         if not p.moves:
             return
-        # Encoders live on the host and visit the GPU to encode.
+        # Encoders live on the host and visit the GPU to encode; a sharded one stays.
         for module in (self.text.encoder, self.clip):
-            self._homes[id(module)] = HostCopy(module, p.device)
+            if not is_sharded(module):
+                self._homes[id(module)] = HostCopy(module, p.device)
         if p.persistent_dit_params is not None:
             self.streaming = WeightStreaming.for_dit(self.dit, p.persistent_dit_params, p.device)
         if p.offload_model:
@@ -271,9 +312,14 @@ class ModelBundle:
     # -- construction
     @classmethod
     def load(cls, paths: WeightPaths, placement: Placement, *, run: RunConfig | None = None,
-             loras: Sequence[LoraSpec] = (), sequence=None) -> "ModelBundle":
+             loras: Sequence[LoraSpec] = (), sequence=None, dit_mesh: DeviceMesh | None = None,
+             t5_mesh: DeviceMesh | None = None) -> "ModelBundle":
         """The bundle from the released files. On a GPU the memory planner checks `run` (sizes,
-        parallel flags) first and raises MemoryPlanError naming configurations that fit."""
+        parallel flags) first and raises MemoryPlanError naming configurations that fit.
+
+        `loras` are merged into the DiT; `sequence` is the DiT's token layout over ranks;
+        `dit_mesh` / `t5_mesh` shard the DiT / the T5 encoder per block over those ranks (FSDP).
+        """
         config = read_dit_config(paths.wan)
         plan = None
         if placement.device.type == "cuda":
@@ -283,8 +329,14 @@ class ModelBundle:
                                       persistent_dit_params=placement.persistent_dit_params)
             plan = require_fit(DiTShape.from_config(dataclasses.asdict(config)), run)
         encoders_on = HOST if placement.moves else placement.device
-        text = T5TextEncoder.load(paths.wan, device=encoders_on, dtype=placement.text_dtype,
-                                  text_len=config.text_len)
+        if t5_mesh is not None:
+            encoder = load_t5_sharded(paths.wan / T5_CHECKPOINT, device=placement.device,
+                                      dtype=placement.text_dtype, mesh=t5_mesh)
+            text = T5TextEncoder(encoder, PromptTokenizer.from_folder(paths.wan / T5_TOKENIZER_DIR,
+                                                                      config.text_len))
+        else:
+            text = T5TextEncoder.load(paths.wan, device=encoders_on, dtype=placement.text_dtype,
+                                      text_len=config.text_len)
         clip = load_clip_vision(paths.wan / CLIP_CHECKPOINT, device=encoders_on,
                                 dtype=placement.clip_dtype)
         audio = AudioFeatureExtractor(paths.wav2vec, device=placement.device,
@@ -292,8 +344,10 @@ class ModelBundle:
         check_compatible(config, text, clip, audio, paths)
         vae = WanVAE.load(paths.wan / VAE_CHECKPOINT, device=placement.device,
                           dtype=placement.vae_dtype)
-        dit = build_dit(config, placement, folder=paths.wan, loras=loras, sequence=sequence)
-        return cls(dit, text, clip, vae, audio, placement, files_identity(paths.files()), plan)
+        dit = build_dit(config, placement, folder=paths.wan, loras=loras, sequence=sequence,
+                        fsdp_mesh=dit_mesh)
+        return cls(dit, text, clip, vae, audio, placement, bundle_identity(paths, loras), plan,
+                   tuple(loras))
 
     @classmethod
     def random(cls, sizes: "RandomSizes", placement: Placement, *, sequence=None,
@@ -356,7 +410,13 @@ class ModelBundle:
         if self.streaming is not None:
             parts.append(f"{self.streaming.streamed_params / 1e9:.1f} B parameters streamed "
                          f"from the host")
+        if self.loras:
+            parts.append("LoRA " + ", ".join(describe_lora(spec) for spec in self.loras))
         return ", ".join(parts)
+
+
+def describe_lora(spec: LoraSpec) -> str:
+    return f"{Path(spec.path).name} ×{spec.scale:g}"
 
 
 def check_compatible(dit: DiTConfig, text: T5TextEncoder, clip: CLIPVisionEncoder,

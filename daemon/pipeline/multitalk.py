@@ -23,12 +23,13 @@ Randomness: clip k draws its noise from a generator on the compute device seeded
 video on the same device.
 
 `MultiTalkBackend` (bottom) is what daemon.backends plugs in: `load_backend(settings, runtime,
-tts)` builds it on every rank; every rank renders in lockstep, only rank 0 writes files.
+tts)` builds it on every rank — the parallel groups, the DiT's sequence layout, FSDP shards and
+the CFG-parallel guidance runner as the flags ask (daemon.parallel.setup) — and every rank
+renders in lockstep, only rank 0 writing files.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import logging
 import math
@@ -48,16 +49,18 @@ from PIL import Image, ImageDraw
 
 from daemon.backends import InputError, JobInputs, RenderOutputs
 from daemon.media.mp4 import concat_mp4, frame_count, mux_audio, write_mp4, write_video
-from daemon.models.dit import MultiTalkDiT
+from daemon.models.dit_loader import read_dit_config
+from daemon.models.lora import LoraSpec
 from daemon.models.memory import DiTShape, RunConfig, plan as memory_plan
 from daemon.parallel.groups import ParallelGroups
 from daemon.parallel.guidance import GuidanceRunner
+from daemon.parallel.setup import ParallelPlan, build_parallelism
 from daemon.pipeline.clip_cache import ClipCache, ClipKey, sha256_of
 from daemon.pipeline.color import match_colors
 from daemon.pipeline.draft import CJK_FONT_FILES, LATIN_FONT_FILES, FontBook, active_lines, wrap_text
 from daemon.pipeline.longvideo import (MOTION_FRAMES, ClipSpan, frames_to_video, inject_motion,
                                        motion_latent_frames, plan_clips, video_to_frames)
-from daemon.pipeline.models import ModelBundle, Placement, WeightPaths
+from daemon.pipeline.models import ModelBundle, Placement, WeightPaths, describe_lora
 from daemon.pipeline.preprocess import (RESOLUTION_BUCKETS, Buckets, ClipAudio, clip_audio,
                                         condition_video, frame_mask, image_to_video,
                                         nearest_bucket, person_masks, snap_to_bucket)
@@ -219,14 +222,21 @@ def projected_guidance(diff: torch.Tensor, cond: torch.Tensor, momentum: Momentu
 
 
 class TeaCache:
-    """One guidance branch's TeaCache (official `teacache`): reuse the transformer blocks'
-    residual of the previous step while the accumulated, polynomially rescaled relative L1
+    """One guidance pass's TeaCache (official `teacache`, use_ret_steps): reuse the transformer
+    blocks' residual of an earlier step while the accumulated, polynomially rescaled relative L1
     change of their modulation input e0 stays under the threshold.
 
-    The DiT asks `reuse(e0)` before its blocks (a residual to add instead of running them, or
-    None) and hands the residual it computed to `store`. Unlike the official counter, which
-    assumes three passes per step, every branch keeps its own state, so the 2-pass mode is
+    It is the DiT's block cache (daemon.models.dit.BlockCache): the DiT asks `reuse(e0)` before
+    its blocks (a residual to add instead of running them, or None) and hands the residual it
+    computed to `store`. As in the official code each pass (cond, drop-text, uncond) has its own
+    accumulated change, previous e0 and residual, and the first 5 steps of every pass run the
+    blocks (official ret_steps = 5 × 3 calls). The official code tells the passes apart by a
+    call counter modulo 3; here each pass has its own object, so the 2-pass (LoRA) mode is
     right too.
+
+    Several ranks: the decision depends only on e0 (the same on every rank: same weights, same
+    timestep) and on this object's history, so all ranks of a sequence-parallel group — and,
+    under FSDP, every rank — skip the same forwards and their collectives stay matched.
     """
 
     def __init__(self, threshold: float, coefficients: Sequence[float],
@@ -279,11 +289,6 @@ def combine_guidance(p: dict[str, torch.Tensor], s: SamplingSettings,
     return guide_text_and_audio(cond, p["drop_text"], p["uncond"], s.text_guide, s.audio_guide)
 
 
-def dit_accepts_block_cache(dit: MultiTalkDiT) -> bool:
-    """TeaCache needs the DiT to offer its block loop to a cache (forward(..., block_cache=))."""
-    return "block_cache" in inspect.signature(dit.forward).parameters
-
-
 class PhaseTimer:
     """Wall time per phase of a render (seconds, one entry per occurrence). With `sync` the
     device is synchronised at each boundary, so queued GPU work is charged to its phase (the
@@ -332,7 +337,6 @@ class MultiTalkPipeline:
         self.timer = timer or PhaseTimer(models.placement.device)
         self.device = models.placement.device
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.teacache_available = dit_accepts_block_cache(models.dit)
 
     # -- check_inputs
     def check_inputs(self, scene: Scene) -> None:
@@ -390,9 +394,6 @@ class MultiTalkPipeline:
         lead = out_dir is not None
         s = SamplingSettings.from_scene(scene.settings, self.config.sample_shift)
         warnings: list[str] = []
-        if s.teacache and not self.teacache_available:
-            warnings.append("TeaCache is not available in this daemon build (the DiT offers no "
-                            "block cache yet); rendered without it")
         reference = self.prepare_reference(scene)
         total = frame_count(len(soundtrack.mixed), soundtrack.mix_rate, FPS)
         spans = plan_clips(total, s.frame_num, self.config.motion_frames)
@@ -556,16 +557,17 @@ class MultiTalkPipeline:
             passes = {"cond": (text.cond, c.audio), "drop_text": (text.null, c.audio),
                       "uncond": (text.null, silent)}
         branches = list(passes)
+        # One TeaCache per pass, new for every clip (the official counter restarts per clip too).
         teacache = {b: TeaCache(s.teacache_threshold, TEACACHE_COEFFICIENTS[s.resolution])
-                    for b in branches} if s.teacache and self.teacache_available else {}
+                    for b in branches} if s.teacache else {}
         momentum = {"text": MomentumBuffer(APG_MOMENTUM), "audio": MomentumBuffer(APG_MOMENTUM)}
         steps = len(timesteps) - 1
 
         def forward(index: int, t: torch.Tensor) -> torch.Tensor:
             branch = branches[index]
             context, audio = passes[branch]
-            extra = {"block_cache": teacache[branch]} if teacache else {}
-            return self.models.dit(latent, t[None], context, c.image, c.y, audio, masks, **extra)
+            return self.models.dit(latent, t[None], context, c.image, c.y, audio, masks,
+                                   block_cache=teacache.get(branch))
 
         with torch.no_grad():
             for i in range(steps):
@@ -592,7 +594,6 @@ class MultiTalkPipeline:
         key.add("model", self.models.identity).add("dit_dtype", str(self.models.placement.dit_dtype))
         for name, value in vars(s).items():
             key.add(f"settings.{name}", value)
-        key.add("teacache_applied", s.teacache and self.teacache_available)
         key.add("motion_frames", self.config.motion_frames)
         key.add("audio_context_frames", self.config.audio_context_frames)
         key.add("prompt", scene.prompt).add("negative_prompt", scene.negative_prompt)
@@ -765,18 +766,21 @@ class MultiTalkBackend:
     distributed = True
 
     def __init__(self, pipeline: MultiTalkPipeline, tts, *, rank: int = 0, world_size: int = 1,
-                 share_dir: Path | None = None):
+                 share_dir: Path | None = None, parallel: str = ""):
         self.pipeline = pipeline
         self.tts = tts                    # rank 0 only
         self.rank = rank
         self.world_size = world_size
         self.share_dir = share_dir        # where rank 0 hands the soundtrack to the others
+        self.parallel = parallel          # how the ranks share the work, for `info`
 
     def state(self) -> BackendState:
-        return BackendState(name=self.name, state="ready", modes=list(self.modes),
-                            detail=self.pipeline.models.describe(),
+        models = self.pipeline.models
+        detail = models.describe() + (f"; {self.parallel}" if self.world_size > 1 else "")
+        return BackendState(name=self.name, state="ready", modes=list(self.modes), detail=detail,
                             models=["multitalk-14B", "umt5-xxl", "clip-vit-h-14", "wan2.1-vae",
-                                    "chinese-wav2vec2-base"])
+                                    "chinese-wav2vec2-base"]
+                                   + [f"lora {describe_lora(spec)}" for spec in models.loras])
 
     def check_inputs(self, scene: Scene) -> None:
         self.pipeline.check_inputs(scene)
@@ -830,15 +834,39 @@ class MultiTalkBackend:
 
 
 def load_backend(settings, runtime, tts) -> MultiTalkBackend:
-    """Every rank: load the models once (daemon.config.Settings, daemon.control.Runtime)."""
-    placement = Placement.for_device(runtime.device, offload_model=settings.offload_model,
-                                     persistent_dit_params=settings.num_persistent_param_in_dit)
+    """Every rank, in the same order (daemon.config.Settings, daemon.control.Runtime, whose
+    process groups exist): build the parallel groups the flags ask for, then load the models
+    once — the DiT with this rank's sequence layout, sharded with --dit_fsdp, LoRAs merged; T5
+    sharded with --t5_fsdp — and a pipeline whose guidance passes run CFG-parallel with
+    --cfg_parallel."""
+    paths = WeightPaths.under(settings.weights)
+    plan = ParallelPlan.from_settings(settings)
+    placement = model_placement(settings, runtime.device)
+    parallel = build_parallelism(plan, rank=runtime.rank, local_rank=settings.local_rank,
+                                 device=runtime.device, num_heads=read_dit_config(paths.wan).num_heads,
+                                 dtype=placement.dit_dtype)
     run = RunConfig(frames=settings.frame_num, world_size=settings.world_size,
                     dit_fsdp=settings.dit_fsdp, t5_fsdp=settings.t5_fsdp)
-    models = ModelBundle.load(WeightPaths.under(settings.weights), placement, run=run)
+    loras = [LoraSpec(lora.path, lora.scale) for lora in settings.loras]
+    models = ModelBundle.load(paths, placement, run=run, loras=loras, sequence=parallel.sequence,
+                              dit_mesh=parallel.dit_mesh, t5_mesh=parallel.t5_mesh)
     work = Path(settings.state) / WORK_FOLDER
     pipeline = MultiTalkPipeline(models, ClipCache(work / "clips"),
-                                 PipelineConfig(sample_shift=settings.sample_shift))
-    log.info("multitalk backend ready: %s", models.describe())
+                                 PipelineConfig(sample_shift=settings.sample_shift),
+                                 guidance=parallel.guidance)
+    log.info("multitalk backend ready: %s; %s", models.describe(), plan.describe())
     return MultiTalkBackend(pipeline, tts, rank=runtime.rank, world_size=runtime.world_size,
-                            share_dir=work / "jobs")
+                            share_dir=work / "jobs", parallel=plan.describe())
+
+
+def model_placement(settings, device: torch.device) -> Placement:
+    """Where the models live. A DiT sharded with --dit_fsdp stays on its GPU: its shard is what
+    saves the memory that --offload_model or --num_persistent_param_in_dit would, and FSDP
+    owns its parameters, so those two flags do not apply to it."""
+    offload, persistent = settings.offload_model, settings.num_persistent_param_in_dit
+    if settings.dit_fsdp and (offload or persistent is not None):
+        if torch.device(device).type == "cuda":
+            log.warning("--dit_fsdp: the sharded DiT stays on the GPU; --offload_model and "
+                        "--num_persistent_param_in_dit are ignored")
+        offload, persistent = False, None
+    return Placement.for_device(device, offload_model=offload, persistent_dit_params=persistent)
