@@ -23,7 +23,8 @@ from daemon.backends import Backend, Backends, BackendUnavailable, JobInputs, Re
 from daemon.config import FAULT_ENV, Settings
 from daemon.control import CONTINUE, END, KEEPALIVE_S, STOP, Command, Control
 from daemon.jobs import JobBoard, JobFiles, JobRecord, JobStore
-from daemon.models.memory import DiTShape, RunConfig, plan, suggest
+from daemon.models.dit import DiTConfig
+from daemon.models.memory import RunConfig, plan, suggest
 from daemon.pipeline.progress import Cancelled, Progress, Reporter
 from shared import protocol as p
 from shared.compose import canvas_size
@@ -282,7 +283,7 @@ class Worker:
 
 
 def out_of_memory_advice(error_line: str, run: RunConfig, resolution: str | None = None,
-                         shape: DiTShape = DiTShape(), limit: int = 5) -> str:
+                         shape: DiTConfig = DiTConfig(), limit: int = 5) -> str:
     """A failed job's message after the GPU ran out of memory: what the planner expected for
     this run and which daemon configurations fit and need less memory (least intrusive first)."""
     expected = plan(shape, run)

@@ -1,33 +1,33 @@
-import json
 from pathlib import Path
 
 import pytest
 
+from daemon.models.dit import DiTConfig
+from daemon.models.dit_loader import read_dit_config
 from daemon.models.loader import load_sharded
-from daemon.models.memory import (GiB, DiTShape, MemoryPlanError, RunConfig, dit_tokens, plan,
-                                  require_fit, suggest)
+from daemon.models.memory import (GiB, MemoryPlanError, RunConfig, dit_block_params, dit_params,
+                                  dit_tokens, plan, require_fit, suggest)
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "multitalk-tiny"
 
 
 def test_parameter_count_equals_the_official_checkpoint_exactly():
-    config = json.loads((FIXTURE / "ckpt" / "config.json").read_text())
     state = load_sharded(FIXTURE / "ckpt")
-    assert DiTShape.from_config(config).params() == sum(t.numel() for t in state.values())
+    assert dit_params(read_dit_config(FIXTURE / "ckpt")) == sum(t.numel() for t in state.values())
 
 
 def test_full_size_multitalk_has_18_9_billion_parameters():
-    assert DiTShape().params() == 18_882_046_784
+    assert dit_params(DiTConfig()) == 18_882_046_784
 
 
 def test_token_count_matches_perf_model():
-    assert dit_tokens(DiTShape(), 640, 640, 81) == 33_600
-    assert dit_tokens(DiTShape(), 960, 960, 81) == 75_600
+    assert dit_tokens(DiTConfig(), 640, 640, 81) == 33_600
+    assert dit_tokens(DiTConfig(), 960, 960, 81) == 75_600
 
 
 def test_sequence_parallel_fsdp_divides_weights_and_activations():
-    one = plan(DiTShape(), RunConfig(width=960, height=960))
-    two = plan(DiTShape(), RunConfig(width=960, height=960, world_size=2, dit_fsdp=True))
+    one = plan(DiTConfig(), RunConfig(width=960, height=960))
+    two = plan(DiTConfig(), RunConfig(width=960, height=960, world_size=2, dit_fsdp=True))
     assert two.gpu_parts["dit"] < 0.6 * one.gpu_parts["dit"]
     assert two.gpu_parts["activations"] < one.gpu_parts["activations"]
 
@@ -35,15 +35,15 @@ def test_sequence_parallel_fsdp_divides_weights_and_activations():
 def test_one_24gb_card_is_refused_with_configurations_that_fit():
     run = RunConfig(gpu_bytes=24 * GiB)
     with pytest.raises(MemoryPlanError) as err:
-        require_fit(DiTShape(), run)
+        require_fit(DiTConfig(), run)
     message = str(err.value)
     assert "needs" in message and "Configurations that fit:" in message
-    for option in suggest(DiTShape(), run):
+    for option in suggest(DiTConfig(), run):
         assert option.fits and option.gpu_peak <= 24 * GiB
 
 
 def test_offloading_moves_dit_weights_to_host_memory_of_every_rank():
-    p = plan(DiTShape(), RunConfig(offload_model=True, persistent_dit_params=0, world_size=1))
-    assert p.gpu_parts["dit"] == 2 * DiTShape().block_params() * 2
-    eight = plan(DiTShape(), RunConfig(offload_model=True, persistent_dit_params=0, world_size=8))
+    p = plan(DiTConfig(), RunConfig(offload_model=True, persistent_dit_params=0, world_size=1))
+    assert p.gpu_parts["dit"] == 2 * dit_block_params(DiTConfig()) * 2
+    eight = plan(DiTConfig(), RunConfig(offload_model=True, persistent_dit_params=0, world_size=8))
     assert eight.host_total == 8 * eight.host_per_rank

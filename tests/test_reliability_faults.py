@@ -22,7 +22,8 @@ import pytest
 from daemon.config import ConfigError, parse_settings
 from daemon.jobs import MAX_ATTEMPTS, file_sha256, out_of_space
 from daemon.media.mp4 import MediaError
-from daemon.models.memory import DiTShape, GiB, RunConfig, plan
+from daemon.models.dit import DiTConfig
+from daemon.models.memory import GiB, RunConfig, plan
 from daemon.worker import out_of_memory_advice
 from shared import protocol as p
 from studio.client import DaemonClient, DaemonDied, RequestFailed
@@ -336,7 +337,7 @@ def test_an_out_of_memory_render_fails_with_the_planners_advice_and_the_next_job
     assert lines[0] == ("the GPU ran out of memory during this render (CUDA out of memory. Tried "
                         "to allocate 2.00 GiB (injected by DUET_INJECT_FAULT=gpu-oom)).")
     # The planner's view of this job: 16:9 480p is 896×448, 81 frames, one rank, offloading.
-    expected = plan(DiTShape(), RunConfig(width=896, height=448, frames=81, offload_model=True))
+    expected = plan(DiTConfig(), RunConfig(width=896, height=448, frames=81, offload_model=True))
     assert lines[1].startswith(f"The memory planner expected it to fit ({expected.describe()})")
     assert lines[2].startswith("Configurations that need less GPU memory")
     assert lines[-1] == "Or make a draft render."
@@ -353,7 +354,7 @@ def test_the_oom_advice_lists_only_configurations_that_fit_and_need_less():
     assert 1 <= len(options) <= 5
     for option in options:
         peak = float(option.split("peak ")[1].split(" GiB")[0])
-        assert peak <= 24 and peak < plan(DiTShape(), run).gpu_peak / GiB
+        assert peak <= 24 and peak < plan(DiTConfig(), run).gpu_peak / GiB
     assert lines[-1] == "Or make a draft render, or render at 480p."
 
 

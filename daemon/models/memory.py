@@ -15,67 +15,44 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from daemon.models.dit import DiTConfig
+
 GiB = 1024 ** 3
 
 # Fixed by the released checkpoints, not by any config file.
 WAV2VEC_LAYERS, WAV2VEC_DIM = 12, 768     # audio_proj's input: 12 hidden layers × 768
-CLIP_DIM = 1280                           # img_emb input (ViT-H width)
 CLIP_TOKENS = 257
 CUDA_CONTEXT = 1.0 * GiB                  # CUDA context + allocator slack seen on H100/H200
 
 
-@dataclass(frozen=True)
-class DiTShape:
-    dim: int = 5120
-    ffn_dim: int = 13824
-    freq_dim: int = 256
-    num_heads: int = 40
-    num_layers: int = 40
-    in_dim: int = 36
-    out_dim: int = 16
-    text_dim: int = 4096
-    patch: tuple[int, int, int] = (1, 2, 2)
-    audio_window: int = 5
-    vae_scale: int = 4
-    intermediate_dim: int = 512
-    output_dim: int = 768
-    context_tokens: int = 32
+def dit_block_params(cfg: DiTConfig) -> int:
+    """Parameters of one DiT block, exactly as the released state_dict holds them."""
+    d, f, a = cfg.dim, cfg.ffn_dim, cfg.output_dim
+    linear = lambda i, o: i * o + o  # noqa: E731
+    self_attn = 4 * linear(d, d) + 2 * d                      # q k v o + RMSNorm q, k
+    cross_attn = 6 * linear(d, d) + 3 * d                     # q k v o k_img v_img + 3 norms
+    audio = linear(d, d) + linear(a, 2 * d) + linear(d, d)    # q_linear, kv_linear, proj
+    return (6 * d + self_attn + 2 * d + cross_attn + linear(d, f) + linear(f, d)
+            + audio + 2 * d)                                  # modulation, norm3, ffn, norm_x
 
-    @classmethod
-    def from_config(cls, config: dict) -> "DiTShape":
-        known = {k: config[k] for k in ("dim", "ffn_dim", "freq_dim", "num_heads", "num_layers",
-                                        "in_dim", "out_dim", "audio_window", "vae_scale",
-                                        "intermediate_dim", "output_dim", "context_tokens")
-                 if k in config}
-        return cls(**known)
 
-    def block_params(self) -> int:
-        d, f, a = self.dim, self.ffn_dim, self.output_dim
-        linear = lambda i, o: i * o + o  # noqa: E731
-        self_attn = 4 * linear(d, d) + 2 * d                      # q k v o + RMSNorm q, k
-        cross_attn = 6 * linear(d, d) + 3 * d                     # q k v o k_img v_img + 3 norms
-        audio = linear(d, d) + linear(a, 2 * d) + linear(d, d)    # q_linear, kv_linear, proj
-        return (6 * d + self_attn + 2 * d + cross_attn + linear(d, f) + linear(f, d)
-                + audio + 2 * d)                                  # modulation, norm3, ffn, norm_x
-
-    def top_params(self) -> int:
-        d, i = self.dim, self.intermediate_dim
-        linear = lambda a, b: a * b + b  # noqa: E731
-        p = math.prod(self.patch)
-        window_vf = self.audio_window + self.vae_scale - 1
-        audio_in = WAV2VEC_LAYERS * WAV2VEC_DIM
-        return (d * self.in_dim * p + d                                    # patch_embedding
-                + linear(self.text_dim, d) + linear(d, d)                  # text_embedding
-                + linear(self.freq_dim, d) + linear(d, d)                  # time_embedding
-                + linear(d, 6 * d)                                         # time_projection
-                + 2 * CLIP_DIM + linear(CLIP_DIM, CLIP_DIM) + linear(CLIP_DIM, d) + 2 * d
-                + linear(d, self.out_dim * p) + 2 * d                      # head
-                + linear(self.audio_window * audio_in, i) + linear(window_vf * audio_in, i)
-                + linear(i, i) + linear(i, self.context_tokens * self.output_dim)
-                + 2 * self.output_dim)                                     # audio_proj
-
-    def params(self) -> int:
-        return self.top_params() + self.num_layers * self.block_params()
+def dit_params(cfg: DiTConfig) -> int:
+    """All DiT parameters: embeddings, head and audio_proj, plus every block."""
+    d, i = cfg.dim, cfg.intermediate_dim
+    linear = lambda a, b: a * b + b  # noqa: E731
+    p = math.prod(cfg.patch_size)
+    window_vf = cfg.audio_window + cfg.vae_scale - 1
+    audio_in = WAV2VEC_LAYERS * WAV2VEC_DIM
+    top = (d * cfg.in_dim * p + d                                      # patch_embedding
+           + linear(cfg.text_dim, d) + linear(d, d)                    # text_embedding
+           + linear(cfg.freq_dim, d) + linear(d, d)                    # time_embedding
+           + linear(d, 6 * d)                                          # time_projection
+           + 2 * cfg.clip_dim + linear(cfg.clip_dim, cfg.clip_dim) + linear(cfg.clip_dim, d) + 2 * d
+           + linear(d, cfg.out_dim * p) + 2 * d                        # head
+           + linear(cfg.audio_window * audio_in, i) + linear(window_vf * audio_in, i)
+           + linear(i, i) + linear(i, cfg.context_tokens * cfg.output_dim)
+           + 2 * cfg.output_dim)                                       # audio_proj
+    return top + cfg.num_layers * dit_block_params(cfg)
 
 
 # Parameter counts of the other released models (from their checkpoints' tensor shapes).
@@ -128,20 +105,20 @@ class MemoryPlan:
                 f"{self.config.gpu_bytes / GiB:.0f} ({parts}); host {self.host_total / GiB:.1f} GiB")
 
 
-def dit_tokens(shape: DiTShape, width: int, height: int, frames: int) -> int:
+def dit_tokens(shape: DiTConfig, width: int, height: int, frames: int) -> int:
     lat_frames = (frames - 1) // 4 + 1
-    return lat_frames * (height // (8 * shape.patch[1])) * (width // (8 * shape.patch[2]))
+    return lat_frames * (height // (8 * shape.patch_size[1])) * (width // (8 * shape.patch_size[2]))
 
 
-def plan(shape: DiTShape, run: RunConfig) -> MemoryPlan:
+def plan(shape: DiTConfig, run: RunConfig) -> MemoryPlan:
     w = run.world_size
     tokens = dit_tokens(shape, run.width, run.height, run.frames)
     local = math.ceil(tokens / w)             # sequence parallel: each rank holds its slice
     d, f = shape.dim, shape.ffn_dim
     pb, ab = run.param_bytes, run.act_bytes
 
-    dit_total = shape.params() * pb
-    block = shape.block_params() * pb
+    dit_total = dit_params(shape) * pb
+    block = dit_block_params(shape) * pb
     if run.persistent_dit_params is not None:
         # Offloaded blocks stream in one at a time; a second one is prefetched.
         resident = min(dit_total, run.persistent_dit_params * pb)
@@ -181,7 +158,7 @@ def plan(shape: DiTShape, run: RunConfig) -> MemoryPlan:
     return MemoryPlan(run, tokens, sampling, gpu_peak, host, host * ranks_here)
 
 
-def suggest(shape: DiTShape, run: RunConfig, max_gpus: int = 8, limit: int = 5) -> list[MemoryPlan]:
+def suggest(shape: DiTConfig, run: RunConfig, max_gpus: int = 8, limit: int = 5) -> list[MemoryPlan]:
     """Configurations that fit this GPU size, the least intrusive (fastest) first."""
     candidates = []
     for gpus in sorted({run.world_size, *[g for g in (1, 2, 4, 8) if g <= max_gpus]}):
@@ -212,7 +189,7 @@ class MemoryPlanError(RuntimeError):
     pass
 
 
-def require_fit(shape: DiTShape, run: RunConfig) -> MemoryPlan:
+def require_fit(shape: DiTConfig, run: RunConfig) -> MemoryPlan:
     """The plan, or a MemoryPlanError naming the peak and configurations that would fit."""
     p = plan(shape, run)
     if p.fits:

@@ -54,7 +54,7 @@ from daemon.models.dit import DiTConfig, MultiTalkDiT
 from daemon.models.dit_loader import load_dit, read_dit_config
 from daemon.models.loader import WeightsError
 from daemon.models.lora import LoraSpec
-from daemon.models.memory import DiTShape, MemoryPlan, RunConfig, require_fit
+from daemon.models.memory import MemoryPlan, RunConfig, require_fit
 from daemon.models.t5 import (T5_CHECKPOINT, T5_TOKENIZER_DIR, PromptTokenizer, T5Config,
                               T5Encoder, T5TextEncoder)
 from daemon.models.vae import VAEConfig, VideoVAE, WanVAE
@@ -327,7 +327,7 @@ class ModelBundle:
             run = dataclasses.replace(run or RunConfig(), gpu_bytes=total,
                                       offload_model=placement.offload_model,
                                       persistent_dit_params=placement.persistent_dit_params)
-            plan = require_fit(DiTShape.from_config(dataclasses.asdict(config)), run)
+            plan = require_fit(config, run)
         encoders_on = HOST if placement.moves else placement.device
         if t5_mesh is not None:
             encoder = load_t5_sharded(paths.wan / T5_CHECKPOINT, device=placement.device,

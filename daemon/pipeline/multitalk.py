@@ -37,7 +37,7 @@ import shutil
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -51,7 +51,7 @@ from daemon.backends import InputError, JobInputs, RenderOutputs
 from daemon.media.mp4 import concat_mp4, frame_count, mux_audio, write_mp4, write_video
 from daemon.models.dit_loader import read_dit_config
 from daemon.models.lora import LoraSpec
-from daemon.models.memory import DiTShape, RunConfig, plan as memory_plan
+from daemon.models.memory import RunConfig, plan as memory_plan
 from daemon.parallel.groups import ParallelGroups
 from daemon.parallel.guidance import GuidanceRunner
 from daemon.parallel.setup import ParallelPlan, build_parallelism
@@ -373,7 +373,7 @@ class MultiTalkPipeline:
             return
         width, height = self.reference_size(s)
         run = replace(plan.config, width=width, height=height, frames=s.frame_num)
-        needed = memory_plan(DiTShape.from_config(asdict(self.models.dit.cfg)), run)
+        needed = memory_plan(self.models.dit.cfg, run)
         if not needed.fits:
             raise MultiTalkInputError(f"settings.resolution: {s.resolution} needs {needed.describe()} "
                                       f"— choose 480p, or restart the daemon with more GPUs")
