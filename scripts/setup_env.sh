@@ -69,3 +69,8 @@ if [ ! -f "$stamp" ]; then
   pip_install "${args[@]}"
   touch "$stamp"
 fi
+
+# The repo's packages (studio, daemon, shared) importable by the venv's python from any folder,
+# so `.venv/bin/python -m studio.cli …` works where the user's files are.
+site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -f "$site/duet-studio.pth" ] && [ "$(cat "$site/duet-studio.pth")" = "$ROOT" ] || echo "$ROOT" > "$site/duet-studio.pth"
