@@ -6,6 +6,11 @@
 # N: --nproc, else $NPROC, else the GPUs `nvidia-smi -L` lists (limited by
 # CUDA_VISIBLE_DEVICES when it is set). N = 0 runs `python -m daemon` on the CPU (draft renders).
 # Stop it with Ctrl-C or SIGTERM: the running job goes back to the queue.
+#
+# Supervision: when the daemon dies (a rank died, a fatal error: exit code 1 or a signal) it is
+# started again with the same flags after a pause (2 s, doubling up to 30 s; back to 2 s after a
+# run of 60 s or more), and the job store resumes the queue. Exit code 0 (asked to stop) or 2 (bad
+# flags, port in use) ends the script with that code; so do 5 quick deaths in a row.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -45,13 +50,68 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_NVLS_ENABLE=0
 
 if (( nproc == 0 )); then
-    exec "$python" -m daemon "${args[@]+"${args[@]}"}"
+    command=("$python" -m daemon "${args[@]+"${args[@]}"}")
+else
+    # Sequence parallelism over all ranks unless the flags say otherwise
+    # (cfg_parallel × ulysses × ring = ranks).
+    flags=" ${args[*]+"${args[*]}"} "
+    if (( nproc > 1 )) && [[ $flags != *" --ulysses_size"* && $flags != *" --ring_size"* && $flags != *" --cfg_parallel"* ]]; then
+        args+=(--ulysses_size "$nproc")
+    fi
+    command=("$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" -m daemon
+             "${args[@]+"${args[@]}"}")
 fi
-# Sequence parallelism over all ranks unless the flags say otherwise
-# (cfg_parallel × ulysses × ring = ranks).
-flags=" ${args[*]+"${args[*]}"} "
-if (( nproc > 1 )) && [[ $flags != *" --ulysses_size"* && $flags != *" --ring_size"* && $flags != *" --cfg_parallel"* ]]; then
-    args+=(--ulysses_size "$nproc")
-fi
-exec "$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" -m daemon \
-    "${args[@]+"${args[@]}"}"
+
+backoff_first=2 backoff_max=30 steady_s=60 max_quick_failures=5
+child=0 stopping=0
+
+# Ctrl-C in a terminal reaches the daemon directly (same foreground process group): passing
+# SIGINT on as well would be its second signal, which means "exit at once".
+reaches_child_directly() {
+    local stat
+    read -ra stat </proc/$$/stat 2>/dev/null || return 1
+    [[ ${stat[4]} == "${stat[7]}" ]]        # our process group is the terminal's foreground
+}
+forward() {
+    stopping=1
+    if (( child > 0 )) && ! { [[ $1 == INT ]] && reaches_child_directly; }; then
+        kill -s "$1" "$child" 2>/dev/null || true
+    fi
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+
+backoff=$backoff_first quick_failures=0
+while true; do
+    started=$SECONDS
+    "${command[@]}" &
+    child=$!
+    code=0
+    # `wait` returns early when a trapped signal arrives: wait again until the child has exited.
+    while true; do
+        wait "$child" && code=0 || code=$?
+        kill -0 "$child" 2>/dev/null || break
+    done
+    child=0
+    if (( stopping )); then
+        exit 0
+    fi
+    if (( code == 0 || code == 2 )); then
+        exit "$code"
+    fi
+    if (( SECONDS - started >= steady_s )); then
+        backoff=$backoff_first quick_failures=0
+    fi
+    quick_failures=$((quick_failures + 1))
+    if (( quick_failures >= max_quick_failures )); then
+        echo "run_daemon.sh: the daemon died $quick_failures times in a row within ${steady_s} s of starting (last exit code $code); giving up — see the log above" >&2
+        exit 1
+    fi
+    echo "run_daemon.sh: the daemon exited with code $code; starting it again in ${backoff} s (the queue resumes)" >&2
+    sleep "$backoff" &
+    wait $! || true
+    if (( stopping )); then
+        exit 0
+    fi
+    backoff=$(( backoff * 2 > backoff_max ? backoff_max : backoff * 2 ))
+done

@@ -25,6 +25,8 @@ BACKEND_CHOICES = ("auto", "draft", "multitalk")
 FAULTS = {
     "gpu-oom": "the first render after start raises torch.OutOfMemoryError at its first "
                "progress check, as a GPU that ran out of memory would",
+    "follower-error": "on every rank but 0, the first job after start raises a RuntimeError at "
+                      "its first progress check, as a follower rank's failing step would",
 }
 FAULT_ENV = "DUET_INJECT_FAULT"
 # A sampling step has at most 3 guidance passes (cond, drop-text, uncond): more CFG-parallel

@@ -1,10 +1,15 @@
-"""How rank 0 steers the other ranks: commands and per-step stop signals over a gloo group.
+"""How rank 0 steers the other ranks: commands and per-step agreement over a gloo group.
 
 Why gloo (CPU) and not NCCL: an idle rank blocks in the command broadcast for as long as nobody
 submits a job, and a blocked NCCL collective trips NCCL's watchdog; a gloo broadcast just waits.
 Payloads are msgpack bytes in a uint8 tensor (length first, then the bytes) — never pickle, so
 `broadcast_object_list` is not used. Rank 0 also sends an `idle` command every KEEPALIVE_S so a
 peer that died is noticed while idle and no wait comes near the group timeout.
+
+During a job every rank meets the others at each progress check with a status (`signal`); all
+of them get the highest status any rank sent, so a stop from rank 0 and a failure on any rank
+reach every rank at the same step. After a FAILED agreement the ranks exchange their error
+messages (`gather_failures`).
 
 On one process (world size 1) every method is local and free.
 """
@@ -30,10 +35,20 @@ KEEPALIVE_S = 60.0
 CONTROL_TIMEOUT = timedelta(hours=2)
 _DEVICE_INFO_BYTES = 1024
 
-# Per-step signals from rank 0.
+# Per-step statuses; the highest one any rank sends wins.
 CONTINUE = 0    # keep going
-STOP = 1        # cancel or shutdown: every rank leaves the job now
-END = 2         # rank 0 finished a job that only it runs; followers go back to waiting
+STOP = 1        # rank 0: cancel or shutdown — every rank leaves the job now
+END = 2         # this rank finished the job; with no failure anywhere, all go back to waiting
+FAILED = 3      # this rank's part of the job raised: every rank abandons the job
+MAX_FAILURE_CHARS = 1000
+_FAILURE_BYTES = 4 * MAX_FAILURE_CHARS + 64     # a message in UTF-8 plus msgpack framing
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """Why one rank's part of a job failed."""
+    rank: int
+    message: str
 
 
 @dataclass(frozen=True)
@@ -83,20 +98,31 @@ class Control:
         return Command.from_bytes(self._broadcast_bytes(None))
 
     # -- per-step agreement
-    def signal(self, value: int = CONTINUE) -> int:
-        """One tiny collective: every rank returns rank 0's `value`."""
+    def signal(self, status: int = CONTINUE) -> int:
+        """One tiny collective: every rank sends its status and returns the highest sent."""
         if not self.distributed:
-            return value
-        flag = torch.tensor([value if self.rank == 0 else CONTINUE], dtype=torch.int32)
-        dist.broadcast(flag, src=0, group=self.group)
+            return status
+        flag = torch.tensor([status], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return int(flag.item())
 
-    def follow(self) -> int:
-        """Other ranks, during a job only rank 0 runs: mirror its checks until STOP or END."""
-        while True:
-            value = self.signal()
-            if value != CONTINUE:
-                return value
+    def gather_failures(self, message: str | None) -> list[RankFailure]:
+        """After a FAILED agreement, every rank calls this once with its error (None when it
+        did not fail); every rank returns all failures in rank order."""
+        mine = [RankFailure(self.rank, message[:MAX_FAILURE_CHARS])] if message is not None else []
+        if not self.distributed:
+            return mine
+        packed = msgpack.packb(message[:MAX_FAILURE_CHARS] if message is not None else None)
+        buf = torch.zeros(_FAILURE_BYTES, dtype=torch.uint8)
+        buf[:len(packed)] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+        parts = [torch.zeros_like(buf) for _ in range(self.world_size)]
+        dist.all_gather(parts, buf, group=self.group)
+        failures = []
+        for rank, part in enumerate(parts):
+            text = _unpack_prefix(bytes(part.numpy()))
+            if text is not None:
+                failures.append(RankFailure(rank, text))
+        return failures
 
     # -- startup
     def gather_devices(self, mine: DeviceInfo) -> list[DeviceInfo]:

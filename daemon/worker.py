@@ -4,16 +4,18 @@ Rank 0 leads: it takes the next job from the store (sleeping on the JobBoard whi
 none), tells the other ranks about it over the control channel, runs it, records the outcome and
 publishes state changes and progress. The other ranks follow: they block in the control
 broadcast until rank 0 sends a command, and during a job they meet rank 0 at every progress
-check (`reporter.check()`), where one tiny collective carries rank 0's decision — go on, or
-stop (cancel or shutdown) — so all ranks stop at the same step.
+check (`reporter.check()`), where one tiny collective carries every rank's status — go on, stop
+(cancel or shutdown, from rank 0) or failed (from any rank) — so all ranks leave a job at the
+same step. A rank whose part of a job raised joins the next check as failed; every rank then
+abandons the job and rank 0 records the failing rank's message.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +23,8 @@ import torch
 
 from daemon.backends import Backend, Backends, BackendUnavailable, JobInputs, RenderOutputs
 from daemon.config import FAULT_ENV, Settings
-from daemon.control import CONTINUE, END, KEEPALIVE_S, STOP, Command, Control
+from daemon.control import (CONTINUE, END, FAILED, KEEPALIVE_S, STOP, Command, Control,
+                            RankFailure)
 from daemon.jobs import JobBoard, JobFiles, JobRecord, JobStore
 from daemon.models.dit import DiTConfig
 from daemon.models.memory import RunConfig, plan, suggest
@@ -40,27 +43,53 @@ class ControlError(RuntimeError):
     """A collective between ranks failed (a rank died): the daemon cannot go on."""
 
 
-@dataclass
-class _JobSync:
-    """Rank 0's side of the per-step agreement for one job."""
-    control: Control
-    released: bool = False      # the followers have left the job (STOP or END was sent)
+class RanksFailed(RuntimeError):
+    """Another rank's part of this job failed; every rank abandons the job."""
 
-    def check(self, stop_here: bool) -> bool:
-        stop = self._signal(STOP if stop_here else CONTINUE) == STOP
-        self.released = self.released or stop
-        return stop
+    def __init__(self, failures: list[RankFailure]):
+        self.failures = failures
+        super().__init__("; ".join(f"rank {f.rank} failed: {f.message}" for f in failures)
+                         or "a rank failed")
 
-    def end(self) -> None:
-        """Release followers of a rank-0-only job, exactly once: one signal too many would
-        meet them in the next command broadcast instead."""
-        if not self.released:
-            self._signal(END)
-            self.released = True
 
-    def _signal(self, value: int) -> int:
+class _Lockstep:
+    """One job's agreement between the ranks, the same on every rank: each progress check is
+    one collective, and the job ends with exactly one more (`close`) unless a check already
+    ended it (stop or failure) — so no rank is ever a collective ahead of the others."""
+
+    def __init__(self, control: Control):
+        self.control = control
+        self.over = False       # every rank knows the job has ended
+
+    def check(self, status: int = CONTINUE) -> bool:
+        """True: stop now (cancel or shutdown). Raises RanksFailed when some rank failed."""
+        agreed = self._signal(status)
+        if agreed == FAILED:
+            self.over = True
+            raise RanksFailed(self._gather(None))
+        self.over = agreed in (STOP, END)
+        return agreed == STOP
+
+    def close(self, error: str | None = None) -> None:
+        """The job's last agreement: END, or FAILED with this rank's `error`. Raises
+        RanksFailed when only other ranks failed."""
+        if self.over:
+            return
+        self.over = True
+        if self._signal(FAILED if error is not None else END) == FAILED:
+            failures = self._gather(error)
+            if error is None:
+                raise RanksFailed(failures)
+
+    def _signal(self, status: int) -> int:
         try:
-            return self.control.signal(value)
+            return self.control.signal(status)
+        except RuntimeError as e:
+            raise ControlError(f"lost contact with the other ranks: {e}") from e
+
+    def _gather(self, error: str | None) -> list[RankFailure]:
+        try:
+            return self.control.gather_failures(error)
         except RuntimeError as e:
             raise ControlError(f"lost contact with the other ranks: {e}") from e
 
@@ -135,6 +164,7 @@ class Worker:
         self.settings = settings    # parallel flags, for the memory advice after an OOM
         self.device = device
         self._inject_oom = settings.inject_fault == "gpu-oom"
+        self._inject_follower_error = settings.inject_fault == "follower-error" and control.rank > 0
 
     def run(self) -> None:
         if self.control.rank == 0:
@@ -170,7 +200,7 @@ class Worker:
             return
         log.info("job %s: running (%s, attempt %d)", job.id, backend.name, job.attempts)
         self._command(Command("run", job_id=job.id, mode=job.mode))
-        sync = _JobSync(self.control)
+        sync = _Lockstep(self.control)
         tracker = ProgressTracker(job.id, self.board, self.publish)
         reporter = Reporter(tracker, lambda: self._check(sync, job.id))
         work = self.store.work_dir(job.id)
@@ -178,13 +208,12 @@ class Worker:
         work.mkdir(parents=True)
         try:
             outputs = self._render(backend, job.id, job.mode, work, reporter)
-            if not backend.distributed:
-                sync.end()
+            sync.close()
             record = self.store.complete(job.id, outputs.files, outputs.warnings, outputs.duration)
             log.info("job %s: done", job.id)
         except Cancelled:
-            if not backend.distributed:
-                sync.end()
+            with contextlib.suppress(RanksFailed):      # the job ends cancelled either way
+                sync.close()
             if self.board.stopping and not self.store.get(job.id).cancel_requested:
                 record = self.store.requeue(job.id)
                 log.info("job %s: interrupted by shutdown, queued again", job.id)
@@ -194,8 +223,7 @@ class Worker:
         except ControlError:
             raise
         except Exception as e:
-            if not backend.distributed:
-                sync.end()
+            sync.close(_failure_message(e))        # the other ranks abandon the job too
             # Partial outputs go first: on a full disk, that space lets the store record why.
             shutil.rmtree(work, ignore_errors=True)
             if self.board.stopping:
@@ -207,6 +235,9 @@ class Worker:
                 log.error("job %s: out of GPU memory: %s", job.id, e)
                 _release_gpu_memory()
                 record = self.store.fail(job.id, self._out_of_memory_message(e, job))
+            elif isinstance(e, RanksFailed):
+                log.error("job %s failed on another rank: %s", job.id, e)
+                record = self.store.fail(job.id, str(e))
             else:
                 log.exception("job %s failed", job.id)
                 message = _failure_message(e)
@@ -216,14 +247,14 @@ class Worker:
             shutil.rmtree(work, ignore_errors=True)
         self._finish(record)
 
-    def _check(self, sync: _JobSync, job_id: str) -> bool:
+    def _check(self, sync: _Lockstep, job_id: str) -> bool:
         """The per-step check: go on, or stop (cancel or shutdown) on every rank together."""
         if self._inject_oom:
             self._inject_oom = False
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (injected by "
                 f"{FAULT_ENV}=gpu-oom)")
-        return sync.check(self.board.should_stop(job_id))
+        return sync.check(STOP if self.board.should_stop(job_id) else CONTINUE)
 
     def _out_of_memory_message(self, error: torch.OutOfMemoryError, job: JobRecord) -> str:
         """Why the job failed and, from the memory planner, what would need less memory."""
@@ -268,18 +299,32 @@ class Worker:
                 return
             if command.kind != "run":
                 continue
-            backend = self.backends.for_mode(command.mode)
-            if not backend.distributed:
-                self.control.follow()
-                continue
-            # Only rank 0 writes files: the others get no work folder.
-            reporter = Reporter(None, lambda: self.control.signal() == STOP)
+            sync = _Lockstep(self.control)
             try:
-                self._render(backend, command.job_id, command.mode, None, reporter)
+                backend = self.backends.for_mode(command.mode)
+                if backend.distributed:
+                    # Only rank 0 writes files: the others get no work folder.
+                    reporter = Reporter(None, lambda: self._follower_check(sync))
+                    self._render(backend, command.job_id, command.mode, None, reporter)
+                else:
+                    while not sync.over:        # mirror rank 0's checks until it ends the job
+                        self._follower_check(sync)
+                sync.close()
             except Cancelled:
                 pass
-            except Exception:
+            except RanksFailed as e:
+                log.warning("rank %d: job %s abandoned: %s", self.control.rank, command.job_id, e)
+            except ControlError:
+                raise
+            except Exception as e:
                 log.exception("rank %d: job %s failed", self.control.rank, command.job_id)
+                sync.close(_failure_message(e))
+
+    def _follower_check(self, sync: _Lockstep) -> bool:
+        if self._inject_follower_error:
+            self._inject_follower_error = False
+            raise RuntimeError(f"injected follower error ({FAULT_ENV}=follower-error)")
+        return sync.check()
 
 
 def out_of_memory_advice(error_line: str, run: RunConfig, resolution: str | None = None,

@@ -86,7 +86,7 @@ def rank_pids(launcher_pid: int) -> dict[int, int]:
     return ranks
 
 
-def test_a_rank_that_dies_mid_job_ends_the_daemon_with_a_dead_event_and_the_job_resumes(
+def test_a_rank_that_dies_mid_job_ends_the_daemon_with_a_dead_event_and_run_daemon_sh_restarts_it(
         daemon_factory, projects, watch_until):
     daemon = daemon_factory(nproc=2, script=True)
     client = daemon.client(timeout=60)
@@ -96,8 +96,24 @@ def test_a_rank_that_dies_mid_job_ends_the_daemon_with_a_dead_event_and_the_job_
     with pytest.raises(DaemonDied, match="lost contact with the other ranks"):
         for _ in client.watch(job.id):
             pass
-    assert daemon.proc.wait(120) != 0
 
-    again = daemon_factory()            # the same state folder
-    final = again.client(timeout=60).wait(job.id)
+    daemon.wait_ready()                 # nobody restarts it: run_daemon.sh does
+    final = daemon.client(timeout=60).wait(job.id)
     assert (final.state, final.attempts) == ("done", 2)
+    assert "run_daemon.sh: the daemon exited with code 1; starting it again in 2 s" in daemon.log()
+    assert daemon.proc.poll() is None
+
+
+def test_a_follower_that_fails_mid_job_fails_the_job_naming_it_and_both_ranks_go_on(
+        daemon_factory, projects, monkeypatch):
+    monkeypatch.setenv("DUET_INJECT_FAULT", "follower-error")   # rank 1's first job raises
+    daemon = daemon_factory(nproc=2, script=True)
+    client = daemon.client(timeout=60)
+    failed = client.wait(client.submit(projects.long_audio(5), "draft").id)
+    assert (failed.state, failed.attempts) == ("failed", 1)
+    assert failed.error == ("rank 1 failed: RuntimeError: injected follower error "
+                            "(DUET_INJECT_FAULT=follower-error)")
+    after = client.wait(client.submit(projects.two_lines(), "draft").id)
+    assert after.state == "done", after.error
+    assert [d.rank for d in client.info().devices] == [0, 1]
+    assert "restarting" not in daemon.log() and "starting it again" not in daemon.log()

@@ -154,12 +154,16 @@ def test_random_kill_9_storms_never_break_the_store_and_every_job_ends(daemon_fa
 
 # ---------------------------------------------------------------- ranks
 
-def rank_pids(torchrun_pid: int) -> dict[int, int]:
-    """{rank: pid} of the daemon ranks torchrun started: its direct children running the daemon
-    (their own children, such as ffmpeg, inherit RANK too and must not be mistaken for them)."""
+def child_pids(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+def rank_pids(script_pid: int) -> dict[int, int]:
+    """{rank: pid} of the daemon ranks under ./run_daemon.sh: the children of its torchrun child
+    that run the daemon (their own children, such as ffmpeg, inherit RANK too and must not be
+    mistaken for them)."""
     ranks = {}
-    children = subprocess.run(["pgrep", "-P", str(torchrun_pid)], capture_output=True,
-                              text=True).stdout.split()
+    children = [c for torchrun in child_pids(script_pid) for c in child_pids(int(torchrun))]
     for child in children:
         if b"daemon" not in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
             continue
@@ -180,10 +184,10 @@ def test_rank_0_dying_mid_job_takes_the_other_rank_down_and_the_job_resumes(daem
     watch_until(client, job.id, is_frames)
     ranks = rank_pids(daemon.proc.pid)
     os.kill(ranks[0], signal.SIGKILL)
-    assert daemon.proc.wait(120) != 0           # torchrun ends rank 1 and exits
-    with pytest.raises(ProcessLookupError):
+    daemon.wait_ready()                         # run_daemon.sh started it again
+    with pytest.raises(ProcessLookupError):     # torchrun ended the old rank 1
         os.kill(ranks[1], 0)
-    final = daemon_factory().client(timeout=60).wait(job.id)
+    final = daemon.client(timeout=60).wait(job.id)
     assert (final.state, final.attempts) == ("done", 2)
 
 
@@ -196,8 +200,8 @@ def test_a_rank_that_died_while_idle_is_noticed_at_the_next_job_which_then_resum
     job = client.submit(projects.two_lines())   # stored first: the submit itself succeeds
     with pytest.raises(DaemonDied, match="lost contact with the other ranks"):
         client.wait(job.id)
-    assert daemon.proc.wait(120) != 0
-    final = daemon_factory().client(timeout=60).wait(job.id)
+    daemon.wait_ready()                         # run_daemon.sh started it again
+    final = daemon.client(timeout=60).wait(job.id)
     assert final.state == "done"
 
 
