@@ -40,6 +40,21 @@ MULTITALK_MODULE = "daemon.pipeline.multitalk"
 DRAFT_FPS = 25
 
 
+def check_line_audio(scene: Scene, fps: int, error: type[Exception] | None = None) -> None:
+    """A line's own audio must decode and last at least one video frame: shorter cannot be shown."""
+    error = error or InputError
+    for i, line in enumerate(scene.lines):
+        if line.audio is None:
+            continue
+        try:
+            seconds = audio_duration(line.audio, f"lines[{i}].audio")
+        except ProjectError as e:
+            raise error(str(e)) from None
+        if seconds < 1.0 / fps:
+            raise error(f"lines[{i}].audio: lasts {seconds * 1000:.0f} ms, shorter than one video "
+                        f"frame ({1000 / fps:.0f} ms); record a longer take")
+
+
 class InputError(ValueError):
     """The scene is valid but this backend cannot render it; the message says what to change."""
 
@@ -87,17 +102,7 @@ class DraftBackend:
                                    f"{DRAFT_FPS} fps; needs no model weights")
 
     def check_inputs(self, scene: Scene) -> None:
-        # A line's own audio must last at least one video frame: shorter audio cannot be shown.
-        for i, line in enumerate(scene.lines):
-            if line.audio is None:
-                continue
-            try:
-                seconds = audio_duration(line.audio, f"lines[{i}].audio")
-            except ProjectError as e:
-                raise InputError(str(e)) from None
-            if seconds < 1.0 / DRAFT_FPS:
-                raise InputError(f"lines[{i}].audio: lasts {seconds * 1000:.0f} ms, shorter than one "
-                                 f"video frame ({1000 / DRAFT_FPS:.0f} ms); record a longer take")
+        check_line_audio(scene, DRAFT_FPS)
 
     def render(self, job: JobInputs, out_dir: Path, reporter: Reporter) -> RenderOutputs:
         soundtrack = build_soundtrack(job.scene, self.tts, reporter)

@@ -47,7 +47,7 @@ import soundfile
 import torch
 from PIL import Image, ImageDraw
 
-from daemon.backends import InputError, JobInputs, RenderOutputs
+from daemon.backends import InputError, JobInputs, RenderOutputs, check_line_audio
 from daemon.media.mp4 import concat_mp4, frame_count, mux_audio, write_mp4, write_video
 from daemon.models.dit_loader import read_dit_config
 from daemon.models.lora import LoraSpec
@@ -71,7 +71,7 @@ from daemon.tts.subtitles import to_srt, to_vtt
 from daemon.tts.timeline import MIX_RATE, Soundtrack, build_soundtrack
 from shared.compose import canvas_size, compose
 from shared.protocol import BackendState
-from shared.scene import ProjectError, Scene, Settings, audio_duration
+from shared.scene import Scene, Settings
 
 log = logging.getLogger(__name__)
 
@@ -355,16 +355,7 @@ class MultiTalkPipeline:
         if s.frame_num % 4 != 1 or s.frame_num <= motion:
             raise MultiTalkInputError(f"settings.frame_num: {s.frame_num} must be 4n+1 and more than "
                                       f"the {motion} frames each clip continues from (e.g. 81)")
-        for i, line in enumerate(scene.lines):
-            if line.audio is None:
-                continue
-            try:
-                seconds = audio_duration(line.audio, f"lines[{i}].audio")
-            except ProjectError as e:
-                raise MultiTalkInputError(str(e)) from None
-            if seconds < 1.0 / FPS:
-                raise MultiTalkInputError(f"lines[{i}].audio: lasts {seconds * 1000:.0f} ms, shorter "
-                                          f"than one video frame ({1000 / FPS:.0f} ms)")
+        check_line_audio(scene, FPS, MultiTalkInputError)
         self._check_memory(s)
 
     def _check_memory(self, s: Settings) -> None:
