@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemon.models.dit import DiTConfig, MultiTalkDiT  # noqa: E402
+from daemon.pipeline.models import init_random  # noqa: E402
 
 PEAK_TFLOPS = 790.0          # measured bf16 GEMM ceiling on H100/H200 here (PERF.md)
 BACKENDS = {
@@ -51,12 +52,7 @@ def flops_per_forward(tokens: int, cfg: DiTConfig) -> float:
 def build_model(cfg: DiTConfig, device, dtype) -> MultiTalkDiT:
     with torch.device("meta"):
         model = MultiTalkDiT(cfg)
-    model = model.to_empty(device=device).to(dtype)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02, generator=gen)
-    return model.eval().requires_grad_(False)
+    return init_random(model, device, dtype, seed=0).eval().requires_grad_(False)
 
 
 def inputs(height: int, width: int, speakers: int, cfg: DiTConfig, device, dtype):

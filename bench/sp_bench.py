@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.dit_bench import PEAK_TFLOPS, flops_per_forward, inputs  # noqa: E402
 from daemon.models.dit import DiTBlock, DiTConfig, MultiTalkDiT  # noqa: E402
+from daemon.pipeline.models import init_random  # noqa: E402
 from daemon.parallel.attention import AttentionKernel, choose_kernel  # noqa: E402
 from daemon.parallel.fsdp import build_sharded, world_mesh  # noqa: E402
 from daemon.parallel.groups import (ParallelLayout, destroy_parallel_groups,  # noqa: E402
@@ -193,12 +194,8 @@ def vae_rows(resolutions: list[str], repeats: int) -> list[dict]:
     for dtype in (torch.bfloat16, torch.float32):
         with torch.device("meta"):
             model = VideoVAE(cfg)
-        model = model.to_empty(device=device).to(dtype)
-        gen = torch.Generator(device=device).manual_seed(0)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.02, generator=gen)
-        vae = WanVAE(model.eval(), device, dtype)
+        vae = WanVAE(init_random(model, device, dtype, seed=0).eval(), device, dtype)
+        gen = torch.Generator(device=device).manual_seed(1)
         for res in resolutions:
             width, height = map(int, res.split("x"))
             frames = 2 if TINY else LATENT_FRAMES       # the CPU check only runs the code
