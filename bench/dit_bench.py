@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemon.models.dit import DiTConfig, MultiTalkDiT  # noqa: E402
+from daemon.models.fp8 import convert_blocks_to_fp8  # noqa: E402
 from daemon.pipeline.models import init_random  # noqa: E402
 
 PEAK_TFLOPS = 790.0          # measured bf16 GEMM ceiling on H100/H200 here (PERF.md)
@@ -89,12 +90,14 @@ def time_forwards(model, args, repeats: int, device) -> list[float]:
     return times
 
 
-def profile_forward(model, args) -> None:
+def profile_forward(model, args, device) -> None:
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         model(**args)
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70),
+        if cuda:
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=40, max_name_column_width=90),
           flush=True)
 
 
@@ -105,6 +108,8 @@ def main() -> None:
     parser.add_argument("--attn", default="default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
+    parser.add_argument("--fp8", action="store_true",
+                        help="the blocks' token-wide GEMMs in float8 (daemon.models.fp8)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top CUDA kernels of one forward per config")
     opts = parser.parse_args()
@@ -119,6 +124,8 @@ def main() -> None:
     t0 = time.perf_counter()
     model = build_model(cfg, device, dtype)
     params = sum(p.numel() for p in model.parameters())
+    if opts.fp8:
+        convert_blocks_to_fp8(model.blocks)
     if opts.compile:
         model.compile_blocks()
     print(f"model: {params / 1e9:.2f} B params, built in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -138,12 +145,10 @@ def main() -> None:
                     with sdpa_kernel(kernels) if kernels else contextlib.nullcontext():
                         warm = time_forwards(model, args, 1, device)[0]
                         times = time_forwards(model, args, opts.repeats, device)
-                        if opts.profile:
-                            profile_forward(model, args)
                     median = sorted(times)[len(times) // 2]
                     flops = flops_per_forward(tokens, cfg)
                     floor = flops / (PEAK_TFLOPS * 1e12)
-                    row = dict(res=res, speakers=speakers, attn=attn, compiled=opts.compile,
+                    row = dict(res=res, speakers=speakers, attn=attn, compiled=opts.compile, fp8=opts.fp8,
                                tokens=tokens,
                                warmup_s=round(warm, 3), times_s=[round(t, 3) for t in times],
                                median_s=round(median, 3), tflops=round(flops / median / 1e12, 1),
@@ -152,20 +157,24 @@ def main() -> None:
                                if device.type == "cuda" else 0.0)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+                    if opts.profile:     # printed after its config's row
+                        with sdpa_kernel(kernels) if kernels else contextlib.nullcontext():
+                            profile_forward(model, args, device)
                     del args
 
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"\n{'config':<28}{'s/forward':>10}{'TFLOP/s':>9}{'x floor':>9}{'peak GiB':>10}")
+    print(f"\n{'config':<34}{'s/forward':>10}{'TFLOP/s':>9}{'x floor':>9}{'peak GiB':>10}")
     for r in rows:
-        name = f"{r['res']} {r['speakers']}spk {r['attn']}{' compiled' if r['compiled'] else ''}"
-        print(f"{name:<28}{r['median_s']:>10.3f}{r['tflops']:>9.1f}{r['x_floor']:>9.2f}{r['peak_gib']:>10.1f}")
+        name = (f"{r['res']} {r['speakers']}spk {r['attn']}{' compiled' if r['compiled'] else ''}"
+                f"{' fp8' if r['fp8'] else ''}")
+        print(f"{name:<34}{r['median_s']:>10.3f}{r['tflops']:>9.1f}{r['x_floor']:>9.2f}{r['peak_gib']:>10.1f}")
     result = dict(bench="dit_forward", gpu=gpu, date=datetime.date.today().isoformat(),
                   torch=torch.__version__, command=" ".join(["python"] + sys.argv),
                   dtype=str(dtype), params=params, rows=rows)
     out_dir = Path(os.environ.get("OUT") or ROOT / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "tiny" if tiny else gpu.replace(" ", "_").replace("/", "_")
-    variant = "_compiled" if opts.compile else ""
+    variant = ("_compiled" if opts.compile else "") + ("_fp8" if opts.fp8 else "")
     path = out_dir / f"dit_{tag}{variant}_{result['date']}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")

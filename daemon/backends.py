@@ -167,7 +167,7 @@ def select_backends(settings: Settings, runtime, tts) -> Backends:
                                f"MultiTalk is not split over ranks; start one process "
                                f"(./run_daemon.sh --nproc 0) for CPU full renders, or one rank "
                                f"per GPU; draft renders work now"))
-    elif not weights.is_dir():
+    elif not weights.is_dir() and not settings.random_weights:
         missing.append(Missing("multitalk", full,
                                f"{weights} not found — download the weights for full renders "
                                f"(weights/download.sh wan multitalk wav2vec, see weights/README.md)"

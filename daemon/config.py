@@ -20,6 +20,7 @@ from shared.protocol import DEFAULT_PORT, MAX_FRAME_BYTES
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_VERSION = "0.1.0"
 BACKEND_CHOICES = ("auto", "draft", "multitalk")
+RANDOM_SIZES = ("full", "tiny")             # --random_weights: daemon.pipeline.models.RandomSizes
 # DUET_INJECT_FAULT values, for the reliability tests (docs/reliability.md): a failure that
 # cannot be provoked for real on the test machine.
 FAULTS = {
@@ -60,6 +61,8 @@ class Settings:
     num_persistent_param_in_dit: int | None = None
     cfg_parallel: int = 1               # guidance passes over this many rank groups (1 = none)
     loras: tuple[LoraFile, ...] = ()
+    fp8: bool = False                   # the DiT's token-wide GEMMs in float8 (changes the output)
+    random_weights: str | None = None   # "full" | "tiny": random models, no weight files (benchmarks)
     # Service.
     server_port: int = DEFAULT_PORT
     bind: str = "127.0.0.1"
@@ -137,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge a LoRA into the DiT at load (repeatable; scale default 1.0); a "
                         "relative FILE is looked up under --weights, e.g. loras/NAME.safetensors "
                         "(weights/download.sh lora)")
+    g.add_argument("--fp8", action="store_true",
+                   help="run the DiT's token-wide GEMMs in float8 on GPUs with FP8 tensor cores "
+                        "(Ada/Hopper): faster, lighter, slightly different output "
+                        "(docs/performance.md)")
+    g.add_argument("--random_weights", choices=RANDOM_SIZES, default=None,
+                   help="serve full renders from RANDOMLY initialised models of the released "
+                        "sizes (full) or tiny ones, reading no weight files: renders are noise; "
+                        "for measuring speed and memory without the downloads")
     s = p.add_argument_group("service")
     s.add_argument("--server_port", type=int, default=DEFAULT_PORT,
                    help=f"ZeroMQ port (default {DEFAULT_PORT}; the studio's web page is on 8419)")
@@ -188,6 +199,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         offload_model=offload, num_persistent_param_in_dit=args.num_persistent_param_in_dit,
         cfg_parallel=args.cfg_parallel,
         loras=tuple(parse_lora(text, weights) for text in args.lora),
+        fp8=args.fp8, random_weights=args.random_weights,
         server_port=args.server_port, bind=args.bind, insecure=args.insecure,
         require_curve=args.require_curve, curve_dir=args.curve_dir,
         weights=weights, state=args.state.resolve(), backend=args.backend,
@@ -253,6 +265,14 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"--sample_shift {s.sample_shift} must be positive")
     if s.num_persistent_param_in_dit is not None and s.num_persistent_param_in_dit < 0:
         raise ConfigError("--num_persistent_param_in_dit must be 0 or more")
+    if s.fp8 and s.dit_fsdp:
+        raise ConfigError("--fp8 does not combine with --dit_fsdp yet (the float8 weights are made "
+                          "from whole ones): drop one of them")
+    if s.random_weights and (s.loras or s.dit_fsdp or s.t5_fsdp):
+        raise ConfigError("--random_weights builds whole random models: drop --lora, --dit_fsdp "
+                          "and --t5_fsdp (they read the weight files)")
+    if s.random_weights and s.backend == "draft":
+        raise ConfigError("--random_weights is for full renders: drop --backend draft")
     if s.loras and s.dit_fsdp:
         raise ConfigError("--lora cannot be merged into a DiT sharded with --dit_fsdp yet (the merge "
                           "needs whole weights): drop one of them")

@@ -47,6 +47,9 @@ def test_offloading_defaults_off_with_several_ranks():
     (["--insecure", "--require-curve"], ONE_RANK, "contradict"),
     (["--bind", "0.0.0.0"], ONE_RANK, "--curve-dir"),
     (["--bind", "192.168.1.5"], ONE_RANK, "--insecure"),
+    (["--fp8", "--dit_fsdp", "--ulysses_size", "2"], TWO_RANKS, "--fp8 does not combine with --dit_fsdp"),
+    (["--random_weights", "full", "--lora", "x.safetensors"], ONE_RANK, "drop --lora"),
+    (["--random_weights", "tiny", "--backend", "draft"], ONE_RANK, "drop --backend draft"),
 ])
 def test_impossible_settings_are_refused_with_the_fix(argv, env, needle):
     with pytest.raises(ConfigError) as e:

@@ -213,3 +213,13 @@ def test_compiled_blocks_compute_the_same_forward_as_eager():
         model.compile_blocks()
         compiled = model(**args)
     assert (compiled - eager).abs().max().item() < 1e-5
+
+
+def test_audio_rope_tables_are_one_op_the_compiler_keeps_whole():
+    # duet::cos_sin is opaque to torch.compile (computed once per token, not once per head).
+    from daemon.models.dit import cos_sin
+    angles = torch.linspace(-7.0, 7.0, 29, dtype=torch.float64)
+    cos, sin = cos_sin(angles)
+    assert torch.equal(cos, torch.cos(angles)) and torch.equal(sin, torch.sin(angles))
+    compiled = torch.compile(lambda a: cos_sin(a)[0] * 2.0, fullgraph=True)
+    assert torch.equal(compiled(angles), 2.0 * torch.cos(angles))

@@ -8,10 +8,10 @@ from daemon.pipeline.models import (HostCopy, ModelBundle, Placement, RandomSize
                                     init_random)
 
 
-def test_gpu_placement_uses_the_official_dtypes_and_cpu_float32():
+def test_gpu_placement_uses_the_official_dtypes_but_a_bf16_vae_and_cpu_float32():
     gpu = Placement.for_device("cuda:1", offload_model=True, persistent_dit_params=7)
     assert (gpu.dit_dtype, gpu.text_dtype, gpu.clip_dtype, gpu.vae_dtype, gpu.audio_dtype) == (
-        torch.bfloat16, torch.bfloat16, torch.float16, torch.float32, torch.float32)
+        torch.bfloat16, torch.bfloat16, torch.float16, torch.bfloat16, torch.float32)
     assert gpu.moves and gpu.offload_model and gpu.dit_home == torch.device("cpu")
     cpu = Placement.for_device("cpu", offload_model=True)
     assert {cpu.dit_dtype, cpu.text_dtype, cpu.clip_dtype, cpu.vae_dtype} == {torch.float32}

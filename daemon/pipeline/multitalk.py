@@ -10,7 +10,8 @@ The pipeline has the fixed shape of a diffusers pipeline, once per clip:
     prepare_latents    seeded noise; the motion latents noised into its head
     denoise            numbered Euler loop: 3 guidance passes (2 with text guide 1), optional
                        APG and TeaCache, a cancel check and a progress event every step
-    decode             VAE → frames; colour matched to the reference
+    decode             VAE → frames (on several ranks each decodes a band of rows,
+                       daemon.parallel.vae_bands); colour matched to the reference
     assemble           the clips' MP4s → one MP4 with the dialogue audio and subtitles
 
 Long dialogues are a chain of clips (daemon.pipeline.longvideo); each finished clip is written
@@ -55,12 +56,13 @@ from daemon.models.memory import RunConfig, plan as memory_plan
 from daemon.parallel.groups import ParallelGroups
 from daemon.parallel.guidance import GuidanceRunner
 from daemon.parallel.setup import ParallelPlan, build_parallelism
+from daemon.parallel.vae_bands import BandedVAE, RowBands
 from daemon.pipeline.clip_cache import ClipCache, ClipKey, sha256_of
 from daemon.pipeline.color import match_colors
 from daemon.pipeline.draft import CJK_FONT_FILES, LATIN_FONT_FILES, FontBook, active_lines, wrap_text
 from daemon.pipeline.longvideo import (MOTION_FRAMES, ClipSpan, frames_to_video, inject_motion,
                                        motion_latent_frames, plan_clips, video_to_frames)
-from daemon.pipeline.models import ModelBundle, Placement, WeightPaths, describe_lora
+from daemon.pipeline.models import ModelBundle, Placement, RandomSizes, WeightPaths, describe_lora
 from daemon.pipeline.preprocess import (RESOLUTION_BUCKETS, Buckets, ClipAudio, clip_audio,
                                         condition_video, frame_mask, image_to_video,
                                         nearest_bucket, person_masks, snap_to_bucket)
@@ -327,10 +329,13 @@ class PhaseTimer:
 
 class MultiTalkPipeline:
     def __init__(self, models: ModelBundle, cache: ClipCache, config: PipelineConfig = PipelineConfig(),
-                 guidance: GuidanceRunner | None = None, timer: PhaseTimer | None = None):
+                 guidance: GuidanceRunner | None = None, timer: PhaseTimer | None = None,
+                 vae_bands: RowBands | None = None):
         """`guidance` runs a step's guidance passes (CFG-parallel over ranks when given one
-        built on their groups; one after another by default). `timer` collects phase times."""
+        built on their groups; one after another by default). `timer` collects phase times.
+        `vae_bands`: every rank encodes and decodes a band of rows (None: whole frames)."""
         self.models = models
+        self.vae = models.vae if vae_bands is None else BandedVAE(models.vae, vae_bands)
         self.cache = cache
         self.config = config
         self.guidance = guidance or GuidanceRunner(ParallelGroups.single().guidance)
@@ -489,7 +494,7 @@ class MultiTalkPipeline:
         clips the motion latent: the first 1 + (m−1)/4 latent frames of the same encode."""
         video = condition_video(frames, span.frame_num)
         with self.timer.phase("vae_encode"), torch.no_grad():
-            latent = self.models.vae.encode(video)                        # [16, F_lat, h, w]
+            latent = self.vae.encode(video)                               # [16, F_lat, h, w]
         mask = frame_mask(span.condition_frames, span.frame_num, *latent.shape[2:]).to(latent)
         y = torch.cat([mask, latent])[None]
         motion = latent[:, :motion_latent_frames(span.overlap)] if span.overlap else None
@@ -520,7 +525,7 @@ class MultiTalkPipeline:
         progress.note("decoding frames (VAE)", step=s.steps)
         with torch.no_grad():
             with self.timer.phase("vae_decode"):
-                video = self.models.vae.decode(latent[0])               # [3, F, H, W]
+                video = self.vae.decode(latent[0])                      # [3, F, H, W]
             if s.color_correction:
                 with self.timer.phase("color_correction"):
                     video = match_colors(video, reference.video[:, 0])
@@ -833,18 +838,26 @@ def load_backend(settings, runtime, tts) -> MultiTalkBackend:
     paths = WeightPaths.under(settings.weights)
     plan = ParallelPlan.from_settings(settings)
     placement = model_placement(settings, runtime.device)
+    sizes = getattr(RandomSizes, settings.random_weights)() if settings.random_weights else None
+    dit_config = sizes.dit if sizes else read_dit_config(paths.wan)
     parallel = build_parallelism(plan, rank=runtime.rank, local_rank=settings.local_rank,
-                                 device=runtime.device, num_heads=read_dit_config(paths.wan).num_heads,
+                                 device=runtime.device, num_heads=dit_config.num_heads,
                                  dtype=placement.dit_dtype)
     run = RunConfig(frames=settings.frame_num, world_size=settings.world_size,
                     dit_fsdp=settings.dit_fsdp, t5_fsdp=settings.t5_fsdp)
-    loras = [LoraSpec(lora.path, lora.scale) for lora in settings.loras]
-    models = ModelBundle.load(paths, placement, run=run, loras=loras, sequence=parallel.sequence,
-                              dit_mesh=parallel.dit_mesh, t5_mesh=parallel.t5_mesh)
+    if sizes:
+        log.warning("--random_weights %s: random models, no weight files; renders are noise",
+                    sizes.label)
+        models = ModelBundle.random(sizes, placement, sequence=parallel.sequence, fp8=settings.fp8)
+    else:
+        loras = [LoraSpec(lora.path, lora.scale) for lora in settings.loras]
+        models = ModelBundle.load(paths, placement, run=run, loras=loras, sequence=parallel.sequence,
+                                  dit_mesh=parallel.dit_mesh, t5_mesh=parallel.t5_mesh,
+                                  fp8=settings.fp8)
     work = Path(settings.state) / WORK_FOLDER
     pipeline = MultiTalkPipeline(models, ClipCache(work / "clips"),
                                  PipelineConfig(sample_shift=settings.sample_shift),
-                                 guidance=parallel.guidance)
+                                 guidance=parallel.guidance, vae_bands=parallel.vae_bands)
     log.info("multitalk backend ready: %s; %s", models.describe(), plan.describe())
     return MultiTalkBackend(pipeline, tts, rank=runtime.rank, world_size=runtime.world_size,
                             share_dir=work / "jobs", parallel=plan.describe())
