@@ -4,7 +4,8 @@ two CPU ranks render the same video as one.
 The 2-rank renders run under torchrun (gloo, xfuser through tests/parallel_shim.py) on the tiny
 weights folder of tests/test_multitalk_render.py: one launch loads the backend with
 `--ulysses_size 2 --dit_fsdp --t5_fsdp`, renders, drops the groups, then loads it again with
-`--cfg_parallel 2` and renders. The product itself never splits MultiTalk over CPU ranks (a
+`--cfg_parallel 2` and renders; both split the VAE's rows over the two ranks
+(daemon.parallel.vae_bands). The product itself never splits MultiTalk over CPU ranks (a
 multi-rank CPU daemon serves drafts only); the rank program calls the backend's load path
 directly, which is the code every GPU rank runs.
 
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from daemon.parallel.setup import ParallelPlan, build_parallelism            # n
 from daemon.pipeline.multitalk import MultiTalkBackend, load_backend, model_placement  # noqa: E402
 from daemon.pipeline.progress import Reporter                                # noqa: E402
 from shared.scene import Line                                                # noqa: E402
+from tests.parallel_shim import run_ranks                                    # noqa: E402
 from tests.test_multitalk_render import (FIXTURES, TINY_BUCKETS, build_weights,  # noqa: E402
                                          decoded, scene, voice)
 
@@ -97,7 +97,7 @@ def test_one_rank_builds_nothing_parallel():
     parts = build_parallelism(ParallelPlan.from_settings(DaemonSettings()), rank=0, local_rank=0,
                               device=torch.device("cpu"), num_heads=40, dtype=torch.float32)
     assert isinstance(parts.sequence, WholeSequence)
-    assert (parts.dit_mesh, parts.t5_mesh) == (None, None)
+    assert (parts.dit_mesh, parts.t5_mesh, parts.vae_bands) == (None, None, None)
     assert parts.groups.sequence.size == parts.guidance.group.size == 1
     assert not parts.guidance.lockstep
 
@@ -152,21 +152,8 @@ def one_rank_video(weights, tmp_path_factory) -> bytes:
 @pytest.fixture(scope="module")
 def two_ranks(weights, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("two-ranks")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={RANKS}", str(Path(__file__)), str(weights), str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    log = out / "launch.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            code = proc.wait(LAUNCH_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)     # torchrun and both ranks
-            proc.wait()
-            pytest.fail(f"2-rank run hung past {LAUNCH_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-    if code != 0:
-        pytest.fail(f"2-rank run failed ({code}):\n{log.read_text()[-6000:]}")
+    run_ranks(Path(__file__), [weights, out], ranks=RANKS, log=out / "launch.log",
+              timeout_s=LAUNCH_TIMEOUT_S)
     return out
 
 
@@ -186,6 +173,8 @@ def test_each_rank_loads_the_pieces_its_flags_ask_for(two_ranks):
         cfg = measured["cfg_parallel"]
         assert (cfg["sequence"], cfg["sequence_ranks"], cfg["guidance_ranks"]) == ("WholeSequence", 1, 2)
         assert (cfg["dit_sharded"], cfg["t5_sharded"], cfg["lockstep"]) == (False, False, False)
+        # the VAE splits its rows over both ranks whatever the DiT's layout
+        assert sp["vae"] == cfg["vae"] == "BandedVAE"
         assert sp["outputs"] == cfg["outputs"] == (
             ["dialogue.wav", "subtitles.srt", "subtitles.vtt", "video.mp4"] if rank == 0 else [])
     assert ranks[0]["ulysses_fsdp"]["detail"].endswith(
@@ -231,6 +220,7 @@ def _rank_program(weights: Path, out: Path) -> None:
             "lockstep": pipeline.guidance.lockstep,
             "dit_sharded": isinstance(pipeline.models.dit, FSDPModule),
             "t5_sharded": isinstance(pipeline.models.text.encoder, FSDPModule),
+            "vae": type(pipeline.vae).__name__,
             "outputs": sorted(outputs.files),
             "detail": backend.state().detail,
         }

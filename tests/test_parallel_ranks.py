@@ -10,15 +10,17 @@ is the rank program.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:           # the rank program runs this file as a script
+    sys.path.insert(0, str(REPO))
+
+from tests.parallel_shim import run_ranks                                     # noqa: E402
+
 FIXTURE = REPO.parent / "shared" / "fixtures" / "multitalk-tiny"
 RANKS = 2
 LAUNCH_TIMEOUT_S = 420
@@ -33,21 +35,7 @@ def measured(tmp_path_factory) -> dict:
     if not (FIXTURE / "ckpt" / "config.json").exists():
         pytest.skip(f"fixture {FIXTURE} missing")
     out = tmp_path_factory.mktemp("ranks")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={RANKS}", str(Path(__file__)), str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    log = out / "launch.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            code = proc.wait(LAUNCH_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)     # torchrun and both ranks
-            proc.wait()
-            pytest.fail(f"2-rank run hung past {LAUNCH_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-    if code != 0:
-        pytest.fail(f"2-rank run failed ({code}):\n{log.read_text()[-6000:]}")
+    run_ranks(Path(__file__), [out], ranks=RANKS, log=out / "launch.log", timeout_s=LAUNCH_TIMEOUT_S)
     return {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in range(RANKS)}
 
 
@@ -135,7 +123,6 @@ def _rank_program(out_dir: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    sys.path.insert(0, str(REPO))
     from tests.parallel_shim import install_xfuser_cpu_shim
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))

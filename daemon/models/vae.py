@@ -9,18 +9,27 @@ Time is processed in chunks and every temporal convolution is *causal*: it only 
 (the last 2 for a kernel-3 conv), so decoding chunk by chunk equals decoding all at once and a
 decode can stop, hand its cache on, and continue elsewhere (see `WanVAE.decode_chunk`).
 
+A pass may also cover only a horizontal band of rows (several ranks, daemon.parallel.vae_bands):
+the band rides in the cache, and the few layers that look across rows — the 3×3 convs, the
+down-sampler and the per-frame attention — take their neighbours' rows or the whole frame's
+keys and values from it. Without a band (one rank) nothing of that runs.
+
 Shapes (real VAE): video [3, 1+4k, H, W] in [-1, 1] ⇄ latent [z_dim, 1+k, H/8, W/8].
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from daemon.models.loader import WeightsError, load_pth
+
+if TYPE_CHECKING:
+    from daemon.parallel.vae_bands import RowBand
 
 # Per-channel statistics of the official VAE's latents; the DiT works on (mu − mean) / std.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -80,11 +89,13 @@ class CausalCache:
     """The frames each causal layer needs from earlier chunks, keyed by the layer itself.
 
     One cache per pass (encoder or decoder) over one video. `started` turns true after the first
-    chunk: the temporal down/up-samplers treat that lone first frame specially.
+    chunk: the temporal down/up-samplers treat that lone first frame specially. `band`: the rows
+    this pass computes when the frame is split over ranks (None: the whole frame).
     """
 
-    def __init__(self, started: bool = False):
+    def __init__(self, started: bool = False, band: RowBand | None = None):
         self.started = started
+        self.band = band
         self._frames: dict[nn.Module, torch.Tensor] = {}
 
     def get(self, layer: nn.Module) -> torch.Tensor | None:
@@ -119,6 +130,11 @@ class CausalConv3d(nn.Conv3d):
         self.time_pad = 2 * pad_t
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        band = cache.band if cache is not None and self.padding[1] else None
+        if band is not None:
+            # The neighbour bands' rows stand in for the row padding; added before caching, so
+            # the cached frames carry them too.
+            x = band.halo(x, above=self.padding[1], below=self.padding[1])
         past_frames = 0                                 # x: [B, C, T, H, W]
         if cache is not None and self.time_pad > 0:
             past = cache.get(self)
@@ -128,6 +144,8 @@ class CausalConv3d(nn.Conv3d):
             cache.put(self, x[:, :, -self.time_pad:])
         if past_frames < self.time_pad:                 # zeros before the video's first frame
             x = F.pad(x, (0, 0, 0, 0, self.time_pad - past_frames, 0))
+        if band is not None:
+            return conv_over_padded_rows(self, x)
         return super().forward(x)
 
 
@@ -143,8 +161,15 @@ class RMSNorm(nn.Module):
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
 
-def per_frame(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a 2-D module to every frame of [B, C, T, H, W]."""
+def conv_over_padded_rows(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """`conv` on x whose rows are padded already (a band with its halo): columns only."""
+    padding = (*conv.padding[:-2], 0, conv.padding[-1])
+    run = F.conv3d if x.dim() == 5 else F.conv2d
+    return run(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def per_frame(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2-D module (or function) to every frame of [B, C, T, H, W]."""
     b, _, t, _, _ = x.shape
     frames = module(x.transpose(1, 2).flatten(0, 1))          # [B·T, C', H', W']
     return frames.unflatten(0, (b, t)).transpose(1, 2)
@@ -177,13 +202,18 @@ class AttentionBlock(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
-        # `cache` only for the blocks' common signature: nothing here looks across frames.
-        return x + per_frame(self._attend, x)
+        # Nothing here looks across frames; the cache only brings the band, if any.
+        band = cache.band if cache is not None else None
+        return x + per_frame(lambda frames: self._attend(frames, band), x)
 
-    def _attend(self, frames: torch.Tensor) -> torch.Tensor:
+    def _attend(self, frames: torch.Tensor, band: RowBand | None) -> torch.Tensor:
         n, c, h, w = frames.shape
         qkv = self.to_qkv(self.norm(frames))                     # [N, 3C, H, W]
         q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)  # [N, 1, HW, C]
+        if band is not None:
+            # The band's queries attend to the whole frame: keys and values of every band.
+            kv = band.gather(qkv[:, c:])                         # [N, 2C, whole H, W]
+            k, v = kv.flatten(2).transpose(1, 2).unsqueeze(1).chunk(2, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.squeeze(1).transpose(1, 2).reshape(n, c, h, w))
 
@@ -197,7 +227,14 @@ class Downsample(nn.Module):
         self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        x = per_frame(self.resample, x)
+        if cache.band is None:
+            x = per_frame(self.resample, x)
+        else:
+            # Output row i reads input rows 2i…2i+2: a band takes the first row of the band
+            # below where the whole frame has its bottom padding (zeros under the last band).
+            _, conv = self.resample
+            band = cache.band
+            x = per_frame(lambda f: conv(F.pad(band.halo(f, above=0, below=1), (0, 1))), x)
         if self.time_conv is None:
             return x
         past = cache.get(self)
@@ -225,7 +262,13 @@ class Upsample(nn.Module):
             b, c, t, h, w = x.shape
             pairs = self.time_conv(x, cache)                      # [B, 2C, T, H, W]
             x = pairs.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
-        return per_frame(self.resample, x)
+        if cache.band is None:
+            return per_frame(self.resample, x)
+        # Nearest ×2 maps a band's rows [a, b) to [2a, 2b); then the conv needs the halo.
+        upsample, conv = self.resample
+        band = cache.band
+        doubled = per_frame(upsample, x)
+        return per_frame(lambda f: conv_over_padded_rows(conv, band.halo(f, above=1, below=1)), doubled)
 
 
 class Encoder3d(nn.Module):
@@ -348,11 +391,12 @@ class WanVAE:
         return self.model.cfg.z_dim
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """[3, 1+4k, H, W] in [-1, 1] → scaled latent [z_dim, 1+k, H/8, W/8] (the mean; no sampling)."""
+    def encode(self, video: torch.Tensor, band: RowBand | None = None) -> torch.Tensor:
+        """[3, 1+4k, H, W] in [-1, 1] → scaled latent [z_dim, 1+k, H/8, W/8] (the mean; no sampling).
+        With `band`, `video` is that band's rows, and so is the latent (daemon.parallel.vae_bands)."""
         check_video(video, self.model.spatial_factor)
         x = video.to(self.device, self.dtype).unsqueeze(0)
-        cache = CausalCache()
+        cache = CausalCache(band=band)
         # Chunks of 1, 4, 4, … frames: the first frame is encoded on its own (it is the image).
         starts = [0, *range(1, x.shape[2], ENCODE_CHUNK_FRAMES)]
         ends = [*starts[1:], x.shape[2]]
@@ -361,14 +405,15 @@ class WanVAE:
         return ((mu.float() - self.mean) * self.inv_std).squeeze(0)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """[z_dim, T, h, w] → video [3, 1+4(T−1), 8h, 8w] clamped to [-1, 1]."""
-        return self.decode_unclamped(latent).clamp_(-1, 1)
+    def decode(self, latent: torch.Tensor, band: RowBand | None = None) -> torch.Tensor:
+        """[z_dim, T, h, w] → video [3, 1+4(T−1), 8h, 8w] clamped to [-1, 1]. With `band`,
+        `latent` is that band's rows and so is the video (daemon.parallel.vae_bands)."""
+        return self.decode_unclamped(latent, band).clamp_(-1, 1)
 
     @torch.no_grad()
-    def decode_unclamped(self, latent: torch.Tensor) -> torch.Tensor:
+    def decode_unclamped(self, latent: torch.Tensor, band: RowBand | None = None) -> torch.Tensor:
         self._check_latent(latent)
-        return self.decode_chunk(latent, CausalCache())
+        return self.decode_chunk(latent, CausalCache(band=band))
 
     @torch.no_grad()
     def decode_chunk(self, latent: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -380,9 +425,8 @@ class WanVAE:
         frames per causal conv) can go to another rank, which continues with
         `CausalCache.restore(vae.model.decoder, named)` and decodes [a, b) bit-identically.
         A rank cannot start mid-video without it: one latent frame influences the next ~35
-        (the decoder's causal receptive field), longer than an 81-frame clip's 21. A parallel
-        speed-up therefore splits space, not time (rows per rank, 1-row halos per 3×3 conv,
-        K/V gathered for the per-frame attention at latent resolution).
+        (the decoder's causal receptive field), longer than an 81-frame clip's 21. Several
+        ranks therefore split space, not time: a band of rows each (daemon.parallel.vae_bands).
         """
         z = latent.to(self.device, torch.float32).unsqueeze(0)
         z = (z / self.inv_std + self.mean).to(self.dtype)

@@ -3,12 +3,12 @@
     plan = ParallelPlan.from_settings(settings)          # which layout, which FSDP (no side effects)
     parts = build_parallelism(plan, rank=…, local_rank=…, device=…, num_heads=…, dtype=…)
     ModelBundle.load(…, sequence=parts.sequence, dit_mesh=parts.dit_mesh, t5_mesh=parts.t5_mesh)
-    MultiTalkPipeline(…, guidance=parts.guidance)
+    MultiTalkPipeline(…, guidance=parts.guidance, vae_bands=parts.vae_bands)
 
 `build_parallelism` runs on every rank in the same order (it creates process groups), after
 daemon.control.init_distributed has joined the default group and made the control group. With
 one rank it creates nothing and imports no xfuser: the whole sequence on one device, no
-sharding, the guidance passes one after another.
+sharding, the guidance passes one after another, the VAE on whole frames.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from daemon.parallel.fsdp import world_mesh
 from daemon.parallel.groups import ParallelGroups, ParallelLayout, init_parallel_groups
 from daemon.parallel.guidance import GuidanceRunner
 from daemon.parallel.sequence import SequenceParallel, WholeSequence, sequence_layout
+from daemon.parallel.vae_bands import RowBands
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class Parallelism:
     dit_mesh: DeviceMesh | None                    # FSDP mesh of the DiT; None = whole on each rank
     t5_mesh: DeviceMesh | None
     guidance: GuidanceRunner
+    # The VAE's row bands: over ALL ranks, not just the SP group — after each sampling step
+    # every rank holds the same latent (SP gathers it, CFG-parallel broadcasts the passes), so
+    # guidance groups need not decode the same frames twice. None: one rank, whole frames.
+    vae_bands: RowBands | None = None
 
 
 def build_parallelism(plan: ParallelPlan, *, rank: int, local_rank: int, device: torch.device,
@@ -77,4 +82,5 @@ def build_parallelism(plan: ParallelPlan, *, rank: int, local_rank: int, device:
                        sequence=sequence_layout(groups.sequence, device, dtype),
                        dit_mesh=mesh if plan.dit_fsdp else None,
                        t5_mesh=mesh if plan.t5_fsdp else None,
-                       guidance=GuidanceRunner(groups.guidance, lockstep=plan.lockstep))
+                       guidance=GuidanceRunner(groups.guidance, lockstep=plan.lockstep),
+                       vae_bands=RowBands.over() if plan.layout.world_size > 1 else None)
