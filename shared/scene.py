@@ -279,7 +279,9 @@ def audio_duration(data: bytes, field_path: str = "audio") -> float:
     try:
         info = soundfile.info(io.BytesIO(data))
     except Exception as e:
-        raise ProjectError(f"{field_path}: not a readable WAV, FLAC or OGG file ({e})") from None
+        # libsndfile's own words, without the in-memory file object soundfile prefixes them with
+        reason = getattr(e, "error_string", None) or str(e)
+        raise ProjectError(f"{field_path}: not a readable WAV, FLAC or OGG file ({reason})") from None
     if info.format not in AUDIO_FORMATS:
         raise ProjectError(
             f"{field_path}: {info.format_info or info.format} audio is not supported; "
