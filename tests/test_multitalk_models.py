@@ -79,3 +79,15 @@ def test_a_tiny_random_bundle_runs_every_model():
     assert bundle.audio.features(torch.zeros(16000).numpy()).shape == (25, 12, 768)
     assert bundle.vae.encode(torch.zeros(3, 5, 32, 64)).shape == (16, 2, 4, 8)
     assert "MultiTalk DiT" in bundle.describe()
+
+
+def test_blocks_compile_when_the_whole_dit_computes_on_one_gpu():
+    from daemon.parallel.sequence import WholeSequence
+    from daemon.pipeline.models import compiles_blocks
+    whole = WholeSequence()
+    assert compiles_blocks(Placement.for_device("cuda:0"), whole)
+    assert compiles_blocks(Placement.for_device("cuda:0", offload_model=True), whole)
+    assert not compiles_blocks(Placement.for_device("cuda:0", offload_model=True,
+                                                    persistent_dit_params=0), whole)
+    assert not compiles_blocks(Placement.for_device("cpu"), whole)
+    assert not compiles_blocks(Placement.for_device("cuda:0"), object())   # split over ranks

@@ -36,6 +36,15 @@ def dit_block_params(cfg: DiTConfig) -> int:
             + audio + 2 * d)                                  # modulation, norm3, ffn, norm_x
 
 
+def fp8_block_saving(cfg: DiTConfig, param_bytes: int) -> int:
+    """Bytes one block saves with --fp8 (daemon.models.fp8): its token-wide linears' weights in
+    one byte each instead of `param_bytes`, plus a float32 scale per output channel."""
+    d, f = cfg.dim, cfg.ffn_dim
+    weights = 8 * d * d + 2 * d * f              # self q k v o, cross q o, audio q proj; FFN
+    out_channels = 9 * d + f
+    return weights * (param_bytes - 1) - 4 * out_channels
+
+
 def dit_params(cfg: DiTConfig) -> int:
     """All DiT parameters: embeddings, head and audio_proj, plus every block."""
     d, i = cfg.dim, cfg.intermediate_dim
@@ -72,6 +81,7 @@ class RunConfig:
     t5_fsdp: bool = False
     offload_model: bool = False
     persistent_dit_params: int | None = None    # None = all DiT parameters stay on the GPU
+    fp8: bool = False                           # --fp8: the blocks' token-wide weights in e4m3
     param_bytes: int = 2                        # bf16
     act_bytes: int = 2
     gpu_bytes: int = 80 * GiB
@@ -83,6 +93,8 @@ class RunConfig:
                                          ("--offload_model", self.offload_model)) if on]
         if self.persistent_dit_params is not None:
             parts.append(f"--num_persistent_param_in_dit {self.persistent_dit_params}")
+        if self.fp8:
+            parts.append("--fp8")
         return " ".join(parts)
 
 
@@ -117,8 +129,9 @@ def plan(shape: DiTConfig, run: RunConfig) -> MemoryPlan:
     d, f = shape.dim, shape.ffn_dim
     pb, ab = run.param_bytes, run.act_bytes
 
-    dit_total = dit_params(shape) * pb
-    block = dit_block_params(shape) * pb
+    saving = fp8_block_saving(shape, pb) if run.fp8 else 0
+    dit_total = dit_params(shape) * pb - shape.num_layers * saving
+    block = dit_block_params(shape) * pb - saving
     if run.persistent_dit_params is not None:
         # Offloaded blocks stream in one at a time; a second one is prefetched.
         resident = min(dit_total, run.persistent_dit_params * pb)

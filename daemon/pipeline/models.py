@@ -160,12 +160,20 @@ def build_dit(config: DiTConfig, placement: Placement, *, folder: Path | None = 
         move_module(model, placement.dit_home)
     if fp8:
         convert_blocks_to_fp8(model.blocks)
-    if torch.device(placement.dit_home).type == "cuda" and isinstance(model.sequence, WholeSequence):
-        # Resident on the GPU: fuse the elementwise work between GEMMs and attention
-        # (docs/performance.md). Streamed or CPU models stay eager, and so do blocks whose
-        # attention is split over ranks: compiling their collectives is not yet measured.
+    if compiles_blocks(placement, model.sequence):
         model.compile_blocks()
     return model
+
+
+def compiles_blocks(placement: Placement, sequence) -> bool:
+    """Whether the DiT's blocks are torch.compiled: when the whole DiT computes on one GPU —
+    resident, or offloaded between phases (compiled graphs take the parameters as inputs, so
+    moving their storage is fine) — to fuse the elementwise work between GEMMs and attention
+    (docs/performance.md). Streamed blocks (weights swapped in around each call) and CPU models
+    stay eager, and so do blocks whose attention is split over ranks: compiling around their
+    collectives is not yet measured."""
+    return (placement.device.type == "cuda" and placement.persistent_dit_params is None
+            and isinstance(sequence, WholeSequence))
 
 
 def init_random(model: nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
