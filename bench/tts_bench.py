@@ -2,12 +2,17 @@
 
     .venv/bin/python bench/tts_bench.py                      # CPU, weights/ if present
     .venv/bin/python bench/tts_bench.py --device cuda --save # also writes bench/results/*.json
+    .venv/bin/python bench/tts_bench.py --threads 2,8,16     # Kokoro at each torch thread count
 
 Targets (issue "Voices and the dialogue soundtrack"): a ≤20-word preview in < 0.3 s with
 espeak-ng and < 1 s with Kokoro on a CPU. Without weights/Kokoro-82M the Kokoro rows use a
 randomly initialized Kokoro-82M (the real config, the same 81.8 M parameters and the same
 compute per output frame) whose duration head is pinned to FRAMES_PER_SYMBOL frames per phoneme
 symbol, about the real model's speaking rate; the table says which one ran.
+
+Kokoro's floor on a CPU is arithmetic: its decoder and iSTFTNet generator take about 54 GFLOP
+(fp32 convolutions) per second of audio, so a 9-second line needs about 490 GFLOP. A 2-core AVX2
+CPU does about 150 GFLOP/s (2 threads, sgemm): 3.2 s at best; under 1 s needs roughly 16 cores.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -94,15 +100,54 @@ def _words(line: str) -> int:
     return len(line.split()) if " " in line else len(line)   # Chinese: characters
 
 
+ESPEAK_ROWS = (("espeak-ng", "espeak:en-us+f3", "en"), ("espeak-ng", "espeak:cmn", "zh"))
+KOKORO_ROWS = (("kokoro", "af_heart", "en"), ("kokoro", "zf_xiaoxiao", "zh"))
+WARM_UP = {"en": "Warm up.", "zh": "你好。"}
+
+
+def thread_counts(text: str) -> list[int]:
+    """'--threads 2,8,16' → [2, 8, 16]; '' → torch's default count."""
+    if not text:
+        return [torch.get_num_threads()]
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--threads {text!r}: expected counts like 2 or 2,8,16") from None
+    if any(count < 1 for count in counts):
+        raise SystemExit(f"--threads {text!r}: every count must be at least 1")
+    return counts
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def measure_rows(tts: TTS, rows: tuple, threads: int | None) -> list[dict]:
+    measured = []
+    for backend, voice, lang in rows:
+        tts.synthesize(WARM_UP[lang], voice)
+        load = os.getloadavg()[0]
+        measured.append({"backend": backend, "lang": lang, "threads": threads,
+                         **measure(tts, voice, LINES[lang]), "load_average_1min": load})
+    return measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=ROOT / "weights")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", default="",
+                        help="torch thread counts for the Kokoro rows, e.g. 2,8,16 "
+                             "(default: torch's own, one per core)")
     parser.add_argument("--save", action="store_true", help="write bench/results/tts_*.json")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    counts = thread_counts(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
         weights = args.weights
@@ -111,39 +156,44 @@ def main() -> None:
             weights = Path(scratch) / "weights"
             random_kokoro(weights / "Kokoro-82M", ["af_heart", "zf_xiaoxiao"])
             kokoro_kind = f"random weights, {FRAMES_PER_SYMBOL} frames/symbol"
-        tts = TTS(weights, Path(scratch) / "cache", device=args.device)
-        start = time.perf_counter()
-        tts.preload()
-        load_s = time.perf_counter() - start
+        rows, load_s = [], {}
+        for threads in counts:
+            torch.set_num_threads(threads)
+            # A fresh cache per thread count: every Kokoro row must synthesize.
+            tts = TTS(weights, Path(scratch) / f"cache-{threads}", device=args.device)
+            start = time.perf_counter()
+            tts.preload()
+            load_s[threads] = time.perf_counter() - start
+            if not rows:
+                rows += measure_rows(tts, ESPEAK_ROWS, None)   # a subprocess: no torch threads
+            rows += measure_rows(tts, KOKORO_ROWS, threads)
 
-        rows = []
-        for backend, voice, lang in (("espeak-ng", "espeak:en-us+f3", "en"),
-                                     ("espeak-ng", "espeak:cmn", "zh"),
-                                     ("kokoro", "af_heart", "en"),
-                                     ("kokoro", "zf_xiaoxiao", "zh")):
-            tts.synthesize("Warm up.", voice) if lang == "en" else tts.synthesize("你好。", voice)
-            rows.append({"backend": backend, "lang": lang, **measure(tts, voice, LINES[lang])})
-
-    device = args.device if args.device != "cpu" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"TTS preview bench — {platform.node()} — {device} — Kokoro: {kokoro_kind} — "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"Kokoro load + G2P preload: {load_s:.2f} s\n")
-    print(f"{'backend':<10} {'lang':<4} {'voice':<16} {'words':>5} {'cold s':>8} "
-          f"{'RTF':>6} {'cached s':>9}")
+    device = args.device if args.device != "cpu" else f"cpu: {cpu_model()}, {os.cpu_count()} cores"
+    print(f"TTS preview bench — {platform.node()} — {device} — torch {torch.__version__} — "
+          f"Kokoro: {kokoro_kind}")
+    print("Kokoro load + G2P preload: " +
+          ", ".join(f"{seconds:.2f} s ({threads} threads)" for threads, seconds in load_s.items()))
+    print()
+    print(f"{'backend':<10} {'lang':<4} {'voice':<16} {'threads':>7} {'words':>5} {'cold s':>8} "
+          f"{'RTF':>6} {'cached s':>9} {'load':>5}")
     for row in rows:
-        print(f"{row['backend']:<10} {row['lang']:<4} {row['voice']:<16} {row['words']:>5} "
-              f"{row['cold_s']:>8.3f} {row['cold_rtf']:>6.3f} {row['cached_s']:>9.4f}")
+        threads = "-" if row["threads"] is None else row["threads"]
+        print(f"{row['backend']:<10} {row['lang']:<4} {row['voice']:<16} {threads:>7} "
+              f"{row['words']:>5} {row['cold_s']:>8.3f} {row['cold_rtf']:>6.3f} "
+              f"{row['cached_s']:>9.4f} {row['load_average_1min']:>5.1f}")
     print("\nwords: words (English) or characters (Chinese) of the longest line; "
-          "cold = synthesized, median of 3 lines; RTF = seconds / seconds of audio")
+          "cold = synthesized, median of 3 lines; RTF = seconds / seconds of audio; "
+          "load: 1-minute load average before the row (other work skews CPU timings)")
     if args.save:
         out = ROOT / "bench" / "results" / f"tts_{platform.node()}_{args.device}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv), "device": device, "host": platform.node(),
-            "kokoro": kokoro_kind, "load_s": load_s, "rows": rows,
-            # Other work on the machine skews CPU timings; the 1-minute load says how much.
-            "load_average_1min": os.getloadavg()[0]}, indent=1))
+            "command": shlex.join([sys.executable, *sys.argv]), "device": device,
+            "host": platform.node(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "thread_counts": counts, "kokoro": kokoro_kind,
+            "kokoro_load_s": {str(threads): seconds for threads, seconds in load_s.items()},
+            "rows": rows, "load_average_1min": os.getloadavg()[0]}, indent=1))
         print(f"saved {out.relative_to(ROOT)}")
 
 

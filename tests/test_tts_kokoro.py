@@ -54,7 +54,8 @@ def offline():
         yield
 
 
-def write_random_kokoro(folder: Path, voices=VOICES, frames_per_phoneme=DURATION_FRAMES) -> None:
+def write_random_kokoro(folder: Path, voices=VOICES, frames_per_phoneme=DURATION_FRAMES,
+                        random_affines=False) -> None:
     from kokoro import KModel
 
     config = json.loads(FIXTURE_CONFIG.read_text())
@@ -69,6 +70,13 @@ def write_random_kokoro(folder: Path, voices=VOICES, frames_per_phoneme=DURATION
         # Each of the 50 outputs is sigmoid(bias); their sum is the duration in frames.
         p = frames_per_phoneme / MAX_DUR
         head.bias.fill_(math.log(p / (1 - p)))
+        if random_affines:
+            # As initialized, every Snake alpha is 1 and every AdaIN instance norm an identity.
+            for name, param in model.named_parameters():
+                if ".alpha" in name or name.endswith(".norm.weight"):
+                    param.uniform_(0.5, 1.5)
+                elif name.endswith(".norm.bias"):
+                    param.normal_(0.0, 0.5)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config))
     # The release was saved from nn.DataParallel: keys carry "module.".
