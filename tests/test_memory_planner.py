@@ -60,3 +60,14 @@ def test_fp8_plans_the_token_linears_at_one_byte_a_weight():
     # 13.1 GiB: the measured peak fell 40.2 → 26.8 GiB at 960² (docs/performance.md)
     assert round(40 * per_block / GiB, 1) == 13.1
     assert "--fp8" in fp8.describe()
+
+
+def test_a_cfg_parallel_rank_holds_its_groups_whole_sequence():
+    from daemon.models.memory import plan
+    shape = DiTConfig()
+    ulysses = plan(shape, RunConfig(world_size=2))
+    cfg = plan(shape, RunConfig(world_size=2, cfg_parallel=2))
+    one = plan(shape, RunConfig())
+    assert cfg.gpu_parts["activations"] == one.gpu_parts["activations"]
+    assert ulysses.gpu_parts["activations"] < cfg.gpu_parts["activations"]
+    assert "--cfg_parallel 2" in cfg.describe()

@@ -82,6 +82,7 @@ class RunConfig:
     offload_model: bool = False
     persistent_dit_params: int | None = None    # None = all DiT parameters stay on the GPU
     fp8: bool = False                           # --fp8: the blocks' token-wide weights in e4m3
+    cfg_parallel: int = 1                       # guidance groups: the sequence splits over the rest
     param_bytes: int = 2                        # bf16
     act_bytes: int = 2
     gpu_bytes: int = 80 * GiB
@@ -95,6 +96,8 @@ class RunConfig:
             parts.append(f"--num_persistent_param_in_dit {self.persistent_dit_params}")
         if self.fp8:
             parts.append("--fp8")
+        if self.cfg_parallel > 1:
+            parts.append(f"--cfg_parallel {self.cfg_parallel}")
         return " ".join(parts)
 
 
@@ -125,7 +128,8 @@ def dit_tokens(shape: DiTConfig, width: int, height: int, frames: int) -> int:
 def plan(shape: DiTConfig, run: RunConfig) -> MemoryPlan:
     w = run.world_size
     tokens = dit_tokens(shape, run.width, run.height, run.frames)
-    local = math.ceil(tokens / w)             # sequence parallel: each rank holds its slice
+    sequence_ranks = max(1, w // run.cfg_parallel)   # each guidance group holds the whole sequence
+    local = math.ceil(tokens / sequence_ranks)       # sequence parallel: each rank holds its slice
     d, f = shape.dim, shape.ffn_dim
     pb, ab = run.param_bytes, run.act_bytes
 
@@ -144,7 +148,7 @@ def plan(shape: DiTConfig, run: RunConfig) -> MemoryPlan:
     # The largest set alive inside a block: self-attention holds x, norm(x), q, k, v, out
     # (+ q, k, v again as all-to-all buffers under Ulysses); the FFN holds x, norm(x) and two
     # [tokens, ffn] tensors (the GELU input and output).
-    attn = (6 + (3 if w > 1 else 0)) * d
+    attn = (6 + (3 if sequence_ranks > 1 else 0)) * d
     ffn = 2 * d + 2 * f
     activations = local * max(attn, ffn) * ab
     context = (CLIP_TOKENS + 512) * d * ab * 4          # embedded context + its K/V
@@ -182,12 +186,13 @@ def suggest(shape: DiTConfig, run: RunConfig, max_gpus: int = 8, limit: int = 5)
                         continue
                     cfg = replace(run, world_size=gpus, dit_fsdp=dit_fsdp, t5_fsdp=t5_fsdp,
                                   offload_model=offload, persistent_dit_params=None,
-                                  ranks_per_host=None)
+                                  ranks_per_host=None, cfg_parallel=1)
                     candidates.append(cfg)
     # Block offloading on one GPU: the slowest option, for small cards.
     for persistent in (12_000_000_000, 6_000_000_000, 0):
         candidates.append(replace(run, world_size=1, dit_fsdp=False, t5_fsdp=False,
-                                  offload_model=True, persistent_dit_params=persistent))
+                                  offload_model=True, persistent_dit_params=persistent,
+                                  cfg_parallel=1))
     plans = [plan(shape, c) for c in candidates]
 
     def cost(p: MemoryPlan) -> tuple:

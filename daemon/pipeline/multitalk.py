@@ -844,7 +844,8 @@ def load_backend(settings, runtime, tts) -> MultiTalkBackend:
                                  device=runtime.device, num_heads=dit_config.num_heads,
                                  dtype=placement.dit_dtype)
     run = RunConfig(frames=settings.frame_num, world_size=settings.world_size,
-                    dit_fsdp=settings.dit_fsdp, t5_fsdp=settings.t5_fsdp, fp8=settings.fp8)
+                    dit_fsdp=settings.dit_fsdp, t5_fsdp=settings.t5_fsdp, fp8=settings.fp8,
+                    cfg_parallel=settings.cfg_parallel)
     if sizes:
         log.warning("--random_weights %s: random models, no weight files; renders are noise",
                     sizes.label)
