@@ -66,16 +66,25 @@ def project(steps: int, resolution: str, mode: str) -> bytes:
 
 
 def wait_for_full_backend(client: DaemonClient, timeout_s: float) -> p.InfoReply:
-    deadline = time.monotonic() + timeout_s
+    """The daemon's info once its multitalk backend is ready; says every 15 s what it waits on
+    (a run cut short by a time limit then still shows how far start-up got)."""
+    start = time.monotonic()
+    last_said = start
+    state = "no answer yet"
     while True:
         try:
             info = client.info()
+            state = ", ".join(f"{b.name}={b.state}" for b in info.backends)
             if any(b.name == "multitalk" and b.state == "ready" for b in info.backends):
                 return info
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no ready multitalk backend after {timeout_s:.0f} s")
+        except Exception as e:  # noqa: BLE001 - not up yet
+            state = f"no answer yet ({type(e).__name__})"
+        now = time.monotonic()
+        if now - start > timeout_s:
+            raise SystemExit(f"no ready multitalk backend after {timeout_s:.0f} s ({state})")
+        if now - last_said >= 15:
+            print(f"{now - start:6.0f}s waiting for the daemon: {state}", flush=True)
+            last_said = now
         time.sleep(2)
 
 
