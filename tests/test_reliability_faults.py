@@ -63,7 +63,9 @@ def test_a_client_watching_a_job_follows_it_through_a_kill_9_and_a_restart(daemo
                                                                            projects):
     first = daemon_factory()
     client = first.client(timeout=60)
-    job = client.submit(projects.long_audio(15))
+    # 60 s of audio: after the restart the draft renders for several seconds, longer than the
+    # watch takes to find the new daemon, so frames progress of attempt 2 must reach it.
+    job = client.submit(projects.long_audio(60))
     events = client.watch(job.id, idle_check_s=1.0)
     next(e for e in events if is_frames(e))
     first.kill()
