@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from daemon.models.checks import CaseContext
 from daemon.models.checks.t5clip import RUNNERS
@@ -20,6 +19,7 @@ from daemon.models.clip import (CLIP_CHECKPOINT, CLIPVisionEncoder, load_clip_vi
 from daemon.models.loader import WeightsError
 from daemon.models.t5 import (T5_CHECKPOINT, PromptTokenizer, T5TextEncoder, clean_prompt,
                               load_t5_encoder, relative_position_bucket, trim_to_prompts)
+from daemon.pipeline.models import synthetic_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "multitalk-tiny"
 CASES = json.loads((FIXTURES / "cases.json").read_text()) if FIXTURES.is_dir() else None
@@ -251,16 +251,10 @@ def test_prompt_cleaning_matches_reference_whitespace_rule():
 
 
 def _tiny_umt5_style_tokenizer(folder: Path) -> Path:
-    """A Unigram tokenizer.json laid out as umt5's: <pad> 0, </s> 1, <unk> 2, `$A </s>`."""
-    words = ["▁a", "▁b", "▁c", "▁d", "▁e", "▁f", "▁g", "▁hello", "▁world"]
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -1.0) for w in words]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
-                                                       special_tokens=[("</s>", 1)])
+    """A tokenizer.json laid out as umt5's (<pad> 0, </s> 1, <unk> 2, `$A </s>`)."""
     folder.mkdir(parents=True)
-    tok.save(str(folder / "tokenizer.json"))
+    synthetic_tokenizer(["▁a", "▁b", "▁c", "▁d", "▁e", "▁f", "▁g", "▁hello", "▁world"]).save(
+        str(folder / "tokenizer.json"))
     return folder
 
 

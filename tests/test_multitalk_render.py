@@ -21,7 +21,6 @@ import pytest
 import soundfile
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from daemon.backends import InputError, JobInputs, select_backends
 from daemon.config import Settings as DaemonSettings
@@ -33,7 +32,8 @@ from daemon.models.t5 import T5_CHECKPOINT, T5_TOKENIZER_DIR
 from daemon.pipeline.clip_cache import ClipCache
 from daemon.pipeline.longvideo import plan_clips
 from daemon.pipeline.models import (VAE_CHECKPOINT, WAN_FOLDER, WAV2VEC_FOLDER, ModelBundle,
-                                    Placement, WeightPaths, write_random_wav2vec)
+                                    Placement, WeightPaths, synthetic_tokenizer,
+                                    write_random_wav2vec)
 from daemon.pipeline.multitalk import (MultiTalkBackend, MultiTalkPipeline, PipelineConfig,
                                        RenderResult, read_frames)
 from daemon.pipeline.progress import Cancelled, Progress, Reporter
@@ -90,14 +90,8 @@ def _random_clip(dim: int, layers: int, patch: int, grid: int, mlp: int) -> dict
 def _umt5_style_tokenizer(folder: Path) -> None:
     """A tokenizer.json laid out as umt5's: <pad> 0, </s> 1, <unk> 2, `$A </s>`."""
     words = ["▁two", "▁people", "▁talk", "▁a", "▁calm", "▁room", "▁blurry", "▁ugly"]
-    tokenizer = Tokenizer(models.Unigram([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-                                         + [(w, -1.0) for w in words], unk_id=2))
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>",
-                                                             special_tokens=[("</s>", 1)])
     folder.mkdir(parents=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
+    synthetic_tokenizer(words).save(str(folder / "tokenizer.json"))
 
 
 def build_weights(root: Path) -> Path:

@@ -11,13 +11,7 @@ from shared.scene import Crop, Line, default_placements
 from studio import faces, state
 from studio.views.cast import BOX_COLOURS, boxed_composite, preview_scene
 from test_studio_faces import draw_group_photo, draw_portrait, needs_cascade
-from test_studio_state import complete_scene, load_project_draft, page_app, studio_env  # noqa: F401
-
-
-@pytest.fixture
-def studio(studio_env, module_daemon, monkeypatch):
-    monkeypatch.setenv("DUET_DAEMON", module_daemon.address)
-    return studio_env
+from test_studio_state import complete_scene, load_project_draft, page_app, studio, studio_env  # noqa: F401
 
 
 def sliders(at, label: str) -> list:

@@ -18,15 +18,14 @@ from shared.scene import (MAX_AUDIO_BYTES, PAUSE_RANGE, Line, ProjectError, load
 from studio import state
 from studio.line_audio import (OwnAudio, accepted, attach_audio, inspect_audio, pause_floor,
                                remove_audio)
-from test_studio_state import complete_scene, load_project_draft, page_app, studio_env  # noqa: F401
+from test_studio_script import DIALOGUE
+from test_studio_state import complete_scene, load_project_draft, page_app, studio, studio_env  # noqa: F401
 
-DIALOGUE = "Alice: Did you see the sunrise?\nBob: I did, it was orange.\nAlice: Let's go again."
 
-
-@pytest.fixture
-def studio(studio_env, module_daemon, monkeypatch):
-    monkeypatch.setenv("DUET_DAEMON", module_daemon.address)
-    return studio_env
+def script_page(scene, folder):
+    """The Script page opened on `scene` (autosaved in the studio folder first)."""
+    state.write_autosave(scene, folder / "autosave.duet")
+    return page_app("script").run()
 
 
 def encoded(seconds: float, rate: int, fmt: str, subtype: str | None = None) -> bytes:
@@ -192,8 +191,7 @@ def test_a_line_with_its_own_audio_needs_no_text_and_saves_as_a_project(studio):
     scene = complete_scene()
     wav = tone_wav(1.25)
     scene.lines[1].audio = wav
-    state.write_autosave(scene, studio / "autosave.duet")
-    at = page_app("script").run()
+    at = script_page(scene, studio)
     at.session_state[at.data_editor[0].key] = {"edited_rows": {1: {"text": None}},
                                                "added_rows": [], "deleted_rows": []}
     at.run()
@@ -220,8 +218,7 @@ def test_an_opened_project_brings_its_lines_own_audio(studio):
 def test_a_line_with_its_own_audio_is_heard_without_the_daemon(studio_env):
     scene = complete_scene()
     scene.lines[0].audio = encoded(0.5, 16000, "FLAC")
-    state.write_autosave(scene, studio_env / "autosave.duet")
-    at = page_app("script").run()
+    at = script_page(scene, studio_env)
     [b for b in at.button if b.label == ":material/play_arrow:"][0].click().run()
     assert at.exception == [] and [e.value for e in at.main.error] == []
     [player] = at.get("audio")
@@ -234,8 +231,7 @@ def test_the_table_keeps_each_lines_audio_and_the_overlap_it_allows(studio):
     long_take = tone_wav(12.0, rate=8000)
     scene.lines = [Line(0, "One."), Line(1, "", pause_after=-12.0, audio=long_take),
                    Line(0, "Three.")]
-    state.write_autosave(scene, studio / "autosave.duet")
-    at = page_app("script").run()
+    at = script_page(scene, studio)
     at.session_state[at.data_editor[0].key] = {
         "edited_rows": {2: {"text": "Three!"}},
         "added_rows": [{"speaker": 1, "text": "Four."}],
@@ -251,8 +247,7 @@ def test_a_moved_line_takes_its_audio_along(studio):
     scene = complete_scene()
     wav = tone_wav(1.0)
     scene.lines[0].audio = wav
-    state.write_autosave(scene, studio / "autosave.duet")
-    at = page_app("script").run()
+    at = script_page(scene, studio)
     [b for b in at.button if b.label == ":material/arrow_downward:"][0].click().run()
     assert [line.audio for line in load_project_draft(studio).lines] == [None, wav]
     assert list(at.data_editor[0].value["own_audio"]) == ["", "1.0 s"]

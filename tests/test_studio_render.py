@@ -11,13 +11,7 @@ from shared import protocol as p
 from shared.scene import Line, Settings, load_project, save_project
 from studio import state
 from studio.views.render import PRESETS, apply_preset, preset_of
-from test_studio_state import complete_scene, load_project_draft, page_app, studio_env  # noqa: F401
-
-
-@pytest.fixture
-def studio(studio_env, module_daemon, monkeypatch):
-    monkeypatch.setenv("DUET_DAEMON", module_daemon.address)
-    return studio_env
+from test_studio_state import complete_scene, load_project_draft, page_app, studio, studio_env  # noqa: F401
 
 
 @pytest.fixture

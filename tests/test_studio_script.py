@@ -9,15 +9,9 @@ from shared.script import ScriptError, parse_script
 from studio import state
 from studio.views.script import apply_script
 from test_studio_state import (complete_scene, go_to, load_project_draft, page_app,  # noqa: F401
-                                studio_env)
+                                studio, studio_env)
 
 DIALOGUE = "Alice: Did you see the sunrise?\nBob: I did, it was orange.\nAlice: Let's go again."
-
-
-@pytest.fixture
-def studio(studio_env, module_daemon, monkeypatch):
-    monkeypatch.setenv("DUET_DAEMON", module_daemon.address)
-    return studio_env
 
 
 def paste(at, text: str):

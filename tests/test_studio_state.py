@@ -3,7 +3,7 @@ project file in the sidebar, the daemon banner, errors as messages (studio.state
 studio.app). Runs the real app with Streamlit's AppTest; no daemon answers here (the address is a
 free port), so this also checks that every page stays usable while the daemon is down.
 
-Also the harness the other studio tests use: `studio_env` and `page_app`."""
+Also the harness the other studio tests use: `studio_env`, `studio` (with a daemon) and `page_app`."""
 from __future__ import annotations
 
 import io
@@ -32,6 +32,13 @@ def studio_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DUET_STUDIO_DIR", str(tmp_path / "studio"))
     monkeypatch.setenv("DUET_DAEMON", f"tcp://127.0.0.1:{free_port()}")
     return tmp_path / "studio"
+
+
+@pytest.fixture
+def studio(studio_env, module_daemon, monkeypatch):
+    """`studio_env` with the module's real daemon answering."""
+    monkeypatch.setenv("DUET_DAEMON", module_daemon.address)
+    return studio_env
 
 
 def _page_script(name: str) -> None:

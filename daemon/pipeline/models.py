@@ -522,10 +522,13 @@ def write_random_wav2vec(folder: Path, overrides: dict, seed: int) -> None:
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def synthetic_tokenizer() -> Tokenizer:
+SYNTHETIC_PIECES = ("▁the", "▁a", "▁people", "▁talk", "▁speak", "▁look", "▁light", "▁shot")
+
+
+def synthetic_tokenizer(pieces: Sequence[str] = SYNTHETIC_PIECES) -> Tokenizer:
     """A tokenizer laid out as umt5's (<pad> 0, </s> 1, <unk> 2, `$A </s>`) with a handful of
-    pieces: enough to run the T5 encoder at its real length without the released file."""
-    pieces = ["▁the", "▁a", "▁people", "▁talk", "▁speak", "▁look", "▁light", "▁shot"]
+    pieces (ids 3, 4, … in order): enough to run the T5 encoder at its real length without the
+    released file."""
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -1.0) for p in pieces]
     tokenizer = Tokenizer(tokenizer_models.Unigram(vocab, unk_id=2))
     tokenizer.normalizer = normalizers.NFKC()
