@@ -124,9 +124,12 @@ def test_threshold_zero_is_the_same_as_no_cache(bundle, tmp_path):
     assert torch.equal(cached, plain)
 
 
-def test_a_scene_with_teacache_renders_without_a_warning(bundle, tmp_path):
+def test_a_teacache_render_says_how_many_passes_it_reused(bundle, tmp_path):
     sc = scene([Line(0, "", audio=voice(0.5, 220)), Line(1, "", audio=voice(0.3, 330), pause_after=0)],
                steps=TEACACHE_WARMUP_STEPS + 2, teacache=True, teacache_threshold=1.0)
     result, _ = render(pipeline(bundle, tmp_path / "cache"), sc, tmp_path / "job")
-    assert result.clips == 1 and result.warnings == []
+    assert result.clips == 1
     assert 0 <= result.teacache_skipped <= 2 * 3      # at most the 2 steps past the warm-up
+    passes = (TEACACHE_WARMUP_STEPS + 2) * 3           # three guidance passes a step
+    assert result.warnings == [f"TeaCache reused {result.teacache_skipped} of {passes} "
+                               f"transformer passes"]

@@ -386,6 +386,8 @@ class MultiTalkPipeline:
         """Render `scene` with its soundtrack. out_dir None: a follower rank (no files)."""
         self.check_inputs(scene)
         self.timer.reset()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         lead = out_dir is not None
         s = SamplingSettings.from_scene(scene.settings, self.config.sample_shift)
@@ -443,15 +445,24 @@ class MultiTalkPipeline:
             warnings.append(reuse_message(reused, len(spans)))
             if len(reused) == len(spans):
                 reporter.report(Progress(phase="sample", message=warnings[-1]))
+        if s.teacache:       # a note with the job, as the reuse message is: what it bought
+            passes = (len(spans) - len(reused)) * s.steps * (2 if s.two_pass else 3)
+            warnings.append(f"TeaCache reused {skipped} of {passes} transformer passes")
         reporter.check()          # every rank: a last chance to cancel before the mux
         video = None
         if lead:
             with self.timer.phase("mux"):
                 video = self.assemble(clip_videos, scene, soundtrack, reference.size, out_dir,
                                       reporter)
-        log.info("render of %d clip(s), %d reused, in %.1f s: %s", len(spans), len(reused),
-                 time.perf_counter() - started, self.timer.summary())
+        log.info("render of %d clip(s), %d reused, in %.1f s: %s%s", len(spans), len(reused),
+                 time.perf_counter() - started, self.timer.summary(), self.peak_memory_note())
         return RenderResult(video, len(spans), reused, total, warnings, skipped)
+
+    def peak_memory_note(self) -> str:
+        """'; peak GPU memory N GiB' (tensors allocated by torch on this rank) or '' on a CPU."""
+        if self.device.type != "cuda":
+            return ""
+        return f"; peak GPU memory {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB"
 
     # -- preprocessing
     def prepare_reference(self, scene: Scene) -> Reference:
