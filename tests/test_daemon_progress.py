@@ -45,6 +45,25 @@ def test_clip_based_phases_count_every_clip(setup):
     assert board.progress(JOB).eta_s == pytest.approx(10.0)
 
 
+def test_the_eta_leaves_out_the_first_steps_one_off_work(setup):
+    tracker, board, _, clock = setup
+    tracker(Progress(phase="sample", step=0, total=40, clip=1, clips=1))
+    clock.now += 28.0                    # encoding + compiling + the first step
+    tracker(Progress(phase="sample", step=1, total=40, clip=1, clips=1))
+    assert board.progress(JOB).eta_s == pytest.approx(39 * 28.0)
+    clock.now += 9.5
+    tracker(Progress(phase="sample", step=2, total=40, clip=1, clips=1))
+    assert board.progress(JOB).eta_s == pytest.approx(38 * 9.5)
+    clock.now += 9.0
+    tracker(Progress(phase="sample", step=3, total=40, clip=1, clips=1))
+    assert board.progress(JOB).eta_s == pytest.approx(37 * 9.25)
+    tracker(Progress(phase="mux"))       # a new phase starts its own count
+    tracker(Progress(phase="frames", step=0, total=10))
+    clock.now += 1.0
+    tracker(Progress(phase="frames", step=5, total=10))
+    assert board.progress(JOB).eta_s == pytest.approx(1.0)
+
+
 def test_the_eta_is_unknown_without_a_total_or_any_step_done(setup):
     tracker, board, _, clock = setup
     tracker(Progress(phase="mux"))

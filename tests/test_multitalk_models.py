@@ -91,3 +91,14 @@ def test_blocks_compile_when_the_whole_dit_computes_on_one_gpu():
                                                     persistent_dit_params=0), whole)
     assert not compiles_blocks(Placement.for_device("cpu"), whole)
     assert not compiles_blocks(Placement.for_device("cuda:0"), object())   # split over ranks
+
+
+def test_a_daemon_keeps_a_compiled_graph_for_every_video_size_and_speaker_count(monkeypatch):
+    from daemon.pipeline.models import DIT_GRAPH_VARIANTS, allow_compiled_variants
+    assert DIT_GRAPH_VARIANTS == 5 * 2 * 2          # aspect presets × 480p/720p × 1–2 people
+    config = torch._dynamo.config
+    monkeypatch.setattr(config, "recompile_limit", 8)    # dynamo's default
+    allow_compiled_variants(40)
+    assert config.recompile_limit == 40
+    allow_compiled_variants(10)                          # never lowered
+    assert config.recompile_limit == 40

@@ -63,11 +63,16 @@ from daemon.models.wav2vec import AudioFeatureExtractor
 from daemon.parallel.fsdp import load_dit_sharded, load_t5_sharded
 from daemon.parallel.sequence import WholeSequence
 from daemon.pipeline.clip_cache import files_identity
+from shared.compose import BUCKETS
+from shared.scene import ASPECTS
 
 WAN_FOLDER = "Wan2.1-I2V-14B-480P"
 WAV2VEC_FOLDER = "chinese-wav2vec2-base"
 VAE_CHECKPOINT = "Wan2.1_VAE.pth"
 HOST = torch.device("cpu")
+# The compiled DiT blocks' graphs a daemon may need: one per video size (aspect preset ×
+# resolution) and speaker count (one or two people take different paths).
+DIT_GRAPH_VARIANTS = len(ASPECTS) * len(BUCKETS) * 2
 
 
 @dataclass(frozen=True)
@@ -161,8 +166,18 @@ def build_dit(config: DiTConfig, placement: Placement, *, folder: Path | None = 
     if fp8:
         convert_blocks_to_fp8(model.blocks)
     if compiles_blocks(placement, model.sequence):
+        allow_compiled_variants(2 * DIT_GRAPH_VARIANTS)
         model.compile_blocks()
     return model
+
+
+def allow_compiled_variants(count: int) -> None:
+    """Let torch.compile keep `count` graphs per compiled function. The 40 blocks share one
+    code object, and past dynamo's default limit (8) every new size would run eager — about a
+    quarter slower, for the rest of the daemon's life. Never lowers the limit."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), count))
 
 
 def compiles_blocks(placement: Placement, sequence) -> bool:
