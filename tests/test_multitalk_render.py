@@ -203,6 +203,22 @@ def test_two_speaker_dialogue_renders_to_its_length_at_the_bucket_size(bundle, t
                if e.phase == "sample" and not e.message and e.step == 2)
 
 
+def test_a_compiled_model_says_once_per_video_size_that_its_first_step_compiles(bundle, tmp_path):
+    pipe = pipeline(bundle, tmp_path / "cache")
+    assert not pipe.compiled                  # CPU: eager; on one GPU the blocks are compiled
+    pipe.compiled = True
+    note = "compiling the model for this video size (once per daemon)"
+    sc = scene([Line(0, "", audio=voice(1.0, 220), pause_after=0.2),
+                Line(1, "", audio=voice(1.1, 330), pause_after=0)])
+    result, events = render(pipe, sc, tmp_path / "a")
+    assert result.clips == 3                  # the same size for every clip: one note
+    assert [e.message for e in events if note in e.message] == [f"clip 1 of 3: {note}"]
+    _, events = render(pipe, replace(sc, settings=replace(sc.settings, seed=8)), tmp_path / "b")
+    assert not [e for e in events if note in e.message]
+    _, events = render(pipe, replace(sc, settings=replace(sc.settings, aspect="1:1")), tmp_path / "c")
+    assert [e.message for e in events if note in e.message] == [f"clip 1 of 3: {note}"]
+
+
 def test_the_same_seed_gives_the_same_frames_and_another_seed_other_frames(bundle, tmp_path):
     sc = scene([Line(0, "", audio=voice(0.5, 220)), Line(1, "", audio=voice(0.3, 330), pause_after=0)])
     first, _ = render(pipeline(bundle, tmp_path / "c1"), sc, tmp_path / "a")

@@ -62,7 +62,8 @@ from daemon.pipeline.color import match_colors
 from daemon.pipeline.draft import CJK_FONT_FILES, LATIN_FONT_FILES, FontBook, active_lines, wrap_text
 from daemon.pipeline.longvideo import (MOTION_FRAMES, ClipSpan, frames_to_video, inject_motion,
                                        motion_latent_frames, plan_clips, video_to_frames)
-from daemon.pipeline.models import ModelBundle, Placement, RandomSizes, WeightPaths, describe_lora
+from daemon.pipeline.models import (ModelBundle, Placement, RandomSizes, WeightPaths,
+                                    compiles_blocks, describe_lora)
 from daemon.pipeline.preprocess import (RESOLUTION_BUCKETS, Buckets, ClipAudio, clip_audio,
                                         condition_video, frame_mask, image_to_video,
                                         nearest_bucket, person_masks, snap_to_bucket)
@@ -342,6 +343,9 @@ class MultiTalkPipeline:
         self.timer = timer or PhaseTimer(models.placement.device)
         self.device = models.placement.device
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # Compiled DiT blocks build a graph at each new (latent size, speakers) on first use.
+        self.compiled = compiles_blocks(models.placement, models.dit.sequence)
+        self._compiled_variants: set[tuple] = set()
 
     # -- check_inputs
     def check_inputs(self, scene: Scene) -> None:
@@ -529,6 +533,10 @@ class MultiTalkPipeline:
         latent = self.prepare_latents(y, motion_latent, generator, timesteps[0])
         with self.timer.phase("dit_placement"):
             self.models.dit_to_device()
+        variant = (tuple(latent.shape), reference.speakers)
+        if self.compiled and variant not in self._compiled_variants:
+            self._compiled_variants.add(variant)
+            progress.note("compiling the model for this video size (once per daemon)")
         latent, skipped = self.denoise(latent, text, condition, reference.masks, s, timesteps,
                                        generator, progress, lead)
         with self.timer.phase("dit_placement"):
