@@ -231,7 +231,7 @@ def cmd_render(client: DaemonClient, args, out: Output) -> int:
 
 def _finish_render(client: DaemonClient, job: p.JobInfo, args, out: Output) -> int:
     for warning in job.warnings:
-        out.note(f"warning: {warning}")
+        out.note(f"note: {warning}")
     if job.state == "failed":
         out.error(f"job {job.id} failed: {job.error}")
         return EXIT_JOB_FAILED
@@ -291,7 +291,7 @@ def cmd_status(client: DaemonClient, args, out: Output) -> int:
     if job.error:
         out.print(f"  error: {job.error}")
     for warning in job.warnings:
-        out.print(f"  warning: {warning}")
+        out.print(f"  note: {warning}")
     for a in job.artifacts:
         out.print(f"  {a.name:<14} {a.size:>12} bytes  sha256 {a.sha256}")
     return EXIT_OK

@@ -49,9 +49,9 @@ def start_process(address: str, *argv: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_render_downloads_the_video_and_subtitles_and_draws_progress(address, projects, tmp_path):
+def test_render_downloads_the_video_and_subtitles_draws_progress_and_says_the_notes(address, projects, tmp_path):
     scene = tmp_path / "scene.duet"
-    scene.write_bytes(projects.two_lines())
+    scene.write_bytes(projects.two_lines(voices=("af_heart", "espeak:en-us+f3")))
     result = run_process(address, "render", str(scene), "--out", str(tmp_path / "out.mp4"),
                          "--srt", str(tmp_path / "out.srt"))
     assert result.returncode == 0, result.stderr
@@ -60,6 +60,8 @@ def test_render_downloads_the_video_and_subtitles_and_draws_progress(address, pr
     assert "Hi Ann! Likewise." in (tmp_path / "out.srt").read_text()
     assert "queued" in result.stderr and "frames" in result.stderr
     assert "out.mp4" in result.stdout
+    # the job's notes: no Kokoro weights here, so af_heart's line fell back to espeak-ng
+    assert "note: voice af_heart is not installed — using espeak:" in result.stderr
 
 
 def test_render_accepts_an_official_multitalk_json(address, projects, tmp_path, capsys):
