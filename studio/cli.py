@@ -230,8 +230,8 @@ def cmd_render(client: DaemonClient, args, out: Output) -> int:
 
 
 def _finish_render(client: DaemonClient, job: p.JobInfo, args, out: Output) -> int:
-    for warning in job.warnings:
-        out.note(f"note: {warning}")
+    for note in job.warnings:
+        out.note(f"note: {note}")
     if job.state == "failed":
         out.error(f"job {job.id} failed: {job.error}")
         return EXIT_JOB_FAILED
@@ -290,8 +290,8 @@ def cmd_status(client: DaemonClient, args, out: Output) -> int:
         out.print(f"  {_progress_text(job)}")
     if job.error:
         out.print(f"  error: {job.error}")
-    for warning in job.warnings:
-        out.print(f"  note: {warning}")
+    for note in job.warnings:
+        out.print(f"  note: {note}")
     for a in job.artifacts:
         out.print(f"  {a.name:<14} {a.size:>12} bytes  sha256 {a.sha256}")
     return EXIT_OK
